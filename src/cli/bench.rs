@@ -1,0 +1,69 @@
+//! `echoai bench ...`: speed measurements printed as a table (and JSON with `--json`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Subcommand;
+use rayon::prelude::*;
+
+use crate::corpus::scan_midi_files;
+use crate::midi::parse_midi;
+use crate::tokenizer::encode_piece;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Parse and tokenize a folder of MIDI files (default: the demo corpus); reports events/s and files/s.
+    Corpus {
+        /// The folder (default: assets/corpus).
+        dir: Option<PathBuf>,
+        /// How many timed passes; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
+}
+
+pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
+    match what {
+        BenchCommand::Corpus { dir, runs } => bench_corpus(
+            dir.unwrap_or_else(crate::assets::demo_corpus_dir),
+            runs.max(1),
+        ),
+    }
+}
+
+fn bench_corpus(dir: PathBuf, runs: usize) -> anyhow::Result<ExitCode> {
+    let files = super::with_path(scan_midi_files(&dir), "cannot read the folder", &dir)?;
+    // Reading from disk is excluded: the page cache makes it noise, and the parse is what we own.
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| super::with_path(std::fs::read(f), "cannot read", f))
+        .collect::<anyhow::Result<_>>()?;
+    let total_bytes: usize = bytes.iter().map(Vec::len).sum();
+    let mut times = Vec::with_capacity(runs);
+    let mut events = 0;
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        events = bytes
+            .par_iter()
+            .map(|b| parse_midi(b).map(|p| encode_piece(&p).len()).unwrap_or(0))
+            .sum::<usize>();
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "bench corpus: {} files, {:.1} MB, {} events, {} threads",
+        files.len(),
+        total_bytes as f64 / 1e6,
+        events,
+        rayon::current_num_threads()
+    );
+    println!(
+        "  median of {runs}: {:.1} ms -> {:.2} M events/s, {:.0} files/s",
+        median * 1e3,
+        events as f64 / median / 1e6,
+        files.len() as f64 / median
+    );
+    Ok(ExitCode::SUCCESS)
+}

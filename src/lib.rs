@@ -1,0 +1,14 @@
+//! EchoAI Studio's engine: MIDI in and out, the event vocabulary, corpora, models, training,
+//! generation and audio. The studio (GUI) and the `echoai` command line are both clients of it.
+//!
+//! Data flows: a MIDI file is read into a [`performance::Performance`] ([`midi`]), encoded as
+//! event ids ([`tokenizer`]), gathered with its siblings into a [`corpus::Corpus`], and the token
+//! streams feed training; generated ids are decoded back to a performance and written as MIDI.
+
+pub mod assets;
+pub mod cli;
+pub mod corpus;
+pub mod fsutil;
+pub mod midi;
+pub mod performance;
+pub mod tokenizer;

@@ -8,7 +8,13 @@
 pub mod assets;
 pub mod cli;
 pub mod corpus;
+pub mod device;
 pub mod fsutil;
+pub mod generate;
 pub mod midi;
+pub mod model;
+pub mod optim;
 pub mod performance;
+pub mod rng;
 pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,86 @@
+//! Choosing where tensors live: `cpu`, `cuda` (cargo feature `cuda`), `metal` (feature `metal`),
+//! or `auto` (the first accelerator this build and machine can use, else the CPU).
+
+use candle_core::Device;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl DeviceChoice {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "cuda" | "gpu" => Some(Self::Cuda),
+            "metal" => Some(Self::Metal),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Metal => "metal",
+        }
+    }
+
+    /// Which choices this build can honour at all (the UI offers only these).
+    pub fn compiled_in() -> Vec<DeviceChoice> {
+        let mut v = vec![Self::Auto, Self::Cpu];
+        if cfg!(feature = "cuda") {
+            v.push(Self::Cuda);
+        }
+        if cfg!(feature = "metal") {
+            v.push(Self::Metal);
+        }
+        v
+    }
+
+    pub fn open(self) -> Result<Device, String> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => {
+                if cfg!(feature = "cuda") {
+                    if let Ok(d) = Device::new_cuda(0) {
+                        return Ok(d);
+                    }
+                }
+                if cfg!(feature = "metal") {
+                    if let Ok(d) = Device::new_metal(0) {
+                        return Ok(d);
+                    }
+                }
+                Ok(Device::Cpu)
+            }
+            Self::Cuda if !cfg!(feature = "cuda") => Err(
+                "this build has no CUDA support: rebuild with `cargo build --release --features cuda`"
+                    .into(),
+            ),
+            Self::Cuda => Device::new_cuda(0).map_err(|e| format!("cannot open CUDA device 0: {e}")),
+            Self::Metal if !cfg!(feature = "metal") => Err(
+                "this build has no Metal support: rebuild with `cargo build --release --features metal`"
+                    .into(),
+            ),
+            Self::Metal => {
+                Device::new_metal(0).map_err(|e| format!("cannot open Metal device 0: {e}"))
+            }
+        }
+    }
+}
+
+pub fn describe(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}

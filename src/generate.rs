@@ -1,0 +1,292 @@
+//! Sampling new music from a model: from START or a primer, with temperature, top-k, top-p and a
+//! seed; several variations at once as one batch; events streamed to a callback; cancellable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::MusicModel;
+use crate::performance::{Note, Performance};
+use crate::rng::Rng;
+use crate::tokenizer::{self, Decoder, END, START};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateConfig {
+    /// Divides the logits: below 1 is safer, above 1 wilder.
+    pub temperature: f64,
+    /// Keep only the k most likely events (`None`: all).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of events whose probability reaches p (`None` or 1: all).
+    pub top_p: Option<f64>,
+    /// Stop after this many seconds of new music.
+    pub max_seconds: f64,
+    /// Stop after this many new events.
+    pub max_events: usize,
+    pub seed: u64,
+    pub variations: usize,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            temperature: 1.0,
+            top_k: None,
+            top_p: Some(0.95),
+            max_seconds: 30.0,
+            max_events: 20_000,
+            seed: 1,
+            variations: 1,
+        }
+    }
+}
+
+impl GenerateConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!("temperature {} must be above 0", self.temperature));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(format!("top-p {p} must be in (0, 1]"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return Err("top-k must be at least 1".into());
+        }
+        if self.variations == 0 {
+            return Err("variations must be at least 1".into());
+        }
+        if !(self.max_seconds > 0.0) || self.max_events == 0 {
+            return Err("the length must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// One generated piece.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Take {
+    /// The primer's notes followed by the new ones.
+    pub performance: Performance,
+    /// Where the primer ends and the generated music begins, in seconds.
+    pub primer_seconds: f64,
+    /// The new event ids (not the primer's).
+    pub events: Vec<u16>,
+    /// Whether the model ended the piece itself (END) rather than hitting a length limit.
+    pub ended_by_model: bool,
+}
+
+/// What the callback hears as events are sampled.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub variation: usize,
+    pub id: u16,
+    /// The note this event completed, if it completed one.
+    pub note: Option<Note>,
+    /// Seconds of new music so far in this variation.
+    pub seconds: f64,
+    pub decoder: &'a Decoder,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Generates `config.variations` pieces as one batch.
+pub fn generate(
+    model: &MusicModel,
+    primer: Option<&Performance>,
+    config: &GenerateConfig,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(Progress),
+) -> Result<Vec<Take>, GenerateError> {
+    config.validate().map_err(GenerateError::Config)?;
+    let batch = config.variations;
+    let device = model.device().clone();
+    let mut state = model.zero_state(batch)?;
+
+    // The primer is START plus its events, fed through the model; its last logits start sampling.
+    let mut prefix = vec![START];
+    let primer_seconds = primer.map_or(0.0, |p| p.end_time());
+    if let Some(p) = primer {
+        prefix.extend(tokenizer::encode(p));
+    }
+    let mut logits = None;
+    for &id in &prefix {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(GenerateError::Cancelled);
+        }
+        let ids = Tensor::from_vec(vec![id as u32; batch], batch, &device)?;
+        logits = Some(model.step(&ids, &mut state)?);
+        state = state.detach();
+    }
+    let mut logits = logits.ok_or_else(|| GenerateError::Config("empty prefix".into()))?;
+
+    let mut rngs: Vec<Rng> = (0..batch)
+        .map(|v| Rng::new(config.seed.wrapping_add(v as u64 * 0x9e37_79b9)))
+        .collect();
+    let mut decoders: Vec<Decoder> = (0..batch).map(|_| decoder_after(&prefix)).collect();
+    let mut events: Vec<Vec<u16>> = vec![Vec::new(); batch];
+    let mut done = vec![false; batch];
+    let mut ended_by_model = vec![false; batch];
+    let mut probs = Vec::with_capacity(tokenizer::VOCAB_SIZE);
+    for _ in 0..config.max_events {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(GenerateError::Cancelled);
+        }
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let mut next = Vec::with_capacity(batch);
+        for v in 0..batch {
+            if done[v] {
+                next.push(END as u32);
+                continue;
+            }
+            let id = sample(&rows[v], config, &mut rngs[v], &mut probs);
+            let note = decoders[v].push(id);
+            events[v].push(id);
+            let seconds = decoders[v].time() - primer_seconds;
+            if id == END {
+                done[v] = true;
+                ended_by_model[v] = true;
+            } else if seconds >= config.max_seconds {
+                done[v] = true;
+            }
+            on_event(Progress {
+                variation: v,
+                id,
+                note,
+                seconds,
+                decoder: &decoders[v],
+            });
+            next.push(id as u32);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let ids = Tensor::from_vec(next, batch, &device)?;
+        logits = model.step(&ids, &mut state)?;
+        state = state.detach();
+    }
+
+    Ok(decoders
+        .into_iter()
+        .zip(events)
+        .zip(ended_by_model)
+        .map(|((decoder, events), ended_by_model)| {
+            let mut performance = decoder.finish();
+            // Notes are cut at the length limit, as a player would stop there.
+            let limit = primer_seconds + config.max_seconds;
+            for n in &mut performance.notes {
+                n.end = n.end.min(limit.max(n.start + 0.01));
+            }
+            performance.normalize();
+            Take {
+                performance,
+                primer_seconds,
+                events,
+                ended_by_model,
+            }
+        })
+        .collect())
+}
+
+fn decoder_after(prefix: &[u16]) -> Decoder {
+    let mut d = Decoder::new();
+    for &id in prefix {
+        d.push(id);
+    }
+    d
+}
+
+/// Draws one id from logits with temperature, top-k and top-p. START is never drawn.
+pub fn sample(
+    logits: &[f32],
+    config: &GenerateConfig,
+    rng: &mut Rng,
+    probs: &mut Vec<(f64, u16)>,
+) -> u16 {
+    probs.clear();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    for (id, &l) in logits.iter().enumerate() {
+        if id as u16 == START || !l.is_finite() {
+            continue;
+        }
+        probs.push((((l as f64 - max) / config.temperature).exp(), id as u16));
+    }
+    if probs.is_empty() {
+        return END;
+    }
+    probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    if let Some(k) = config.top_k {
+        probs.truncate(k.max(1));
+    }
+    let total: f64 = probs.iter().map(|p| p.0).sum();
+    if let Some(p) = config.top_p.filter(|&p| p < 1.0) {
+        let mut cumulative = 0.0;
+        let mut keep = probs.len();
+        for (i, &(w, _)) in probs.iter().enumerate() {
+            cumulative += w / total;
+            if cumulative >= p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+    }
+    let total: f64 = probs.iter().map(|p| p.0).sum();
+    let mut target = rng.next_f64() * total;
+    for &(w, id) in probs.iter() {
+        if target < w {
+            return id;
+        }
+        target -= w;
+    }
+    probs.last().map_or(END, |p| p.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
+        let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
+        logits[60] = 5.0;
+        logits[START as usize] = 100.0;
+        logits[61] = 4.0;
+        let mut rng = Rng::new(3);
+        let mut probs = Vec::new();
+        let greedy = GenerateConfig {
+            top_k: Some(1),
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &greedy, &mut rng, &mut probs), 60);
+        }
+        let nucleus = GenerateConfig {
+            top_p: Some(0.5),
+            top_k: None,
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &nucleus, &mut rng, &mut probs), 60);
+        }
+        let wide = GenerateConfig {
+            top_p: Some(0.99),
+            top_k: Some(2),
+            ..Default::default()
+        };
+        let draws: Vec<u16> = (0..200)
+            .map(|_| sample(&logits, &wide, &mut rng, &mut probs))
+            .collect();
+        assert!(draws.contains(&60) && draws.contains(&61));
+        assert!(draws.iter().all(|&d| d == 60 || d == 61));
+    }
+}

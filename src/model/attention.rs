@@ -1,0 +1,162 @@
+//! Causal *local* multi-head self-attention over LSTM outputs, with a learned relative position
+//! bias per head (Shaw et al., 2018, in the simple scalar-bias form of Raffel et al., 2020).
+//!
+//! Position t attends to positions t-W+1..=t only:
+//! `score(t, s) = q_t . k_s / sqrt(d) + bias[head, t - s]`, `context_t = sum_s softmax(score) v_s`,
+//! `y_t = LayerNorm(h_t + W_o context_t)`. Training computes all positions at once with a band
+//! mask; generation keeps the last W keys and values per head.
+
+use candle_core::{D, Device, Result, Tensor};
+use candle_nn::{Init, Linear, Module, VarBuilder};
+
+/// Large enough to zero a softmax weight, small enough that `0 * MASKED` stays finite in backward.
+const MASKED: f32 = -1e9;
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+pub struct LocalAttention {
+    qkv: Linear,
+    out: Linear,
+    /// `[heads, W]`: the bias for a key `d` positions back.
+    rel_bias: Tensor,
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    heads: usize,
+    window: usize,
+    hidden: usize,
+}
+
+/// The last (at most) W keys and values, oldest first: `[B, heads, n, d]` each.
+#[derive(Clone, Debug, Default)]
+pub struct AttentionCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+impl AttentionCache {
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn detach(&self) -> Self {
+        AttentionCache {
+            keys: self.keys.as_ref().map(Tensor::detach),
+            values: self.values.as_ref().map(Tensor::detach),
+        }
+    }
+}
+
+impl LocalAttention {
+    pub fn new(hidden: usize, heads: usize, window: usize, vb: &VarBuilder) -> Result<Self> {
+        Ok(LocalAttention {
+            qkv: candle_nn::linear(hidden, 3 * hidden, vb.pp("qkv"))?,
+            out: candle_nn::linear(hidden, hidden, vb.pp("out"))?,
+            rel_bias: vb.get_with_hints((heads, window), "rel_bias", Init::Const(0.0))?,
+            norm_weight: vb.get_with_hints(hidden, "norm.weight", Init::Const(1.0))?,
+            norm_bias: vb.get_with_hints(hidden, "norm.bias", Init::Const(0.0))?,
+            heads,
+            window,
+            hidden,
+        })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// `[B, T, 3H]` -> q, k, v each `[B, heads, T, d]`.
+    fn split_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let qkv = qkv
+            .reshape((b, t, 3, self.heads, self.head_dim()))?
+            .permute((2, 0, 3, 1, 4))?;
+        Ok((
+            qkv.get(0)?.contiguous()?,
+            qkv.get(1)?.contiguous()?,
+            qkv.get(2)?.contiguous()?,
+        ))
+    }
+
+    /// `h [B, T, H]` -> `[B, T, H]`, every position at once.
+    pub fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let (q, k, v) = self.split_heads(&self.qkv.forward(h)?)?;
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let bias = self.band_bias(t, h.device())?;
+        let weights = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
+        let context = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.hidden))?;
+        self.residual(h, &context)
+    }
+
+    /// `[heads, T, T]`: the relative bias inside the causal band, `MASKED` outside it.
+    fn band_bias(&self, t: usize, device: &Device) -> Result<Tensor> {
+        let mut index = Vec::with_capacity(t * t);
+        let mut mask = Vec::with_capacity(t * t);
+        for row in 0..t {
+            for col in 0..t {
+                let back = row as i64 - col as i64;
+                let inside = back >= 0 && (back as usize) < self.window;
+                index.push(if inside { back as u32 } else { 0 });
+                mask.push(if inside { 0.0f32 } else { MASKED });
+            }
+        }
+        let index = Tensor::from_vec(index, t * t, device)?;
+        let mask = Tensor::from_vec(mask, (1, t, t), device)?;
+        self.rel_bias
+            .index_select(&index, 1)?
+            .reshape((self.heads, t, t))?
+            .broadcast_add(&mask)
+    }
+
+    fn residual(&self, h: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let y = (h + self.out.forward(context)?)?;
+        // The composed layer norm: candle_nn's fused one has no backward pass.
+        candle_nn::ops::layer_norm_slow(
+            &y,
+            &self.norm_weight,
+            &self.norm_bias,
+            LAYER_NORM_EPS as f32,
+        )
+    }
+
+    /// One position: `h [B, H]` with the cache of earlier positions -> `[B, H]`.
+    pub fn step(&self, h: &Tensor, cache: &mut AttentionCache) -> Result<Tensor> {
+        let (b, _) = h.dims2()?;
+        let (q, k, v) = self.split_heads(&self.qkv.forward(&h.unsqueeze(1)?)?)?;
+        let append = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
+            let all = match old {
+                Some(old) => Tensor::cat(&[old, &new], 2)?,
+                None => new,
+            };
+            let n = all.dims()[2];
+            if n > self.window {
+                all.narrow(2, n - self.window, self.window)?.contiguous()
+            } else {
+                Ok(all)
+            }
+        };
+        let keys = append(&cache.keys, k)?;
+        let values = append(&cache.values, v)?;
+        let n = keys.dims()[2];
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        // Slot j (oldest first) is n-1-j positions back.
+        let back: Vec<u32> = (0..n).map(|j| (n - 1 - j) as u32).collect();
+        let bias = self
+            .rel_bias
+            .index_select(&Tensor::from_vec(back, n, h.device())?, 1)?
+            .reshape((1, self.heads, 1, n))?;
+        let scores = (q.matmul(&keys.t()?)? * scale)?.broadcast_add(&bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let context = weights.matmul(&values)?.reshape((b, self.hidden))?;
+        cache.keys = Some(keys);
+        cache.values = Some(values);
+        self.residual(h, &context)
+    }
+}

@@ -1,0 +1,101 @@
+//! The model's shape: which architecture and how large, as stored in a checkpoint's `config.json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::VOCAB_SIZE;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Embedding -> stacked LSTM -> Linear.
+    Lstm,
+    /// The same LSTM stack, then causal local multi-head self-attention with relative position
+    /// bias, residual and LayerNorm.
+    #[default]
+    LstmAttention,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Lstm => "lstm",
+            ModelKind::LstmAttention => "lstm-attention",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ModelKind> {
+        match text {
+            "lstm" => Some(ModelKind::Lstm),
+            "lstm-attention" | "attention" => Some(ModelKind::LstmAttention),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    pub vocab_size: usize,
+    pub embed: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub dropout: f64,
+    /// Attention window W: position t attends to t-W+1..=t.
+    pub window: usize,
+    pub heads: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            kind: ModelKind::LstmAttention,
+            vocab_size: VOCAB_SIZE,
+            embed: 256,
+            hidden: 512,
+            layers: 2,
+            dropout: 0.1,
+            window: 64,
+            heads: 4,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads.max(1)
+    }
+
+    /// Explains the first thing wrong with the sizes, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vocab_size != VOCAB_SIZE {
+            return Err(format!(
+                "vocabulary size {} does not match this build's {VOCAB_SIZE}",
+                self.vocab_size
+            ));
+        }
+        if self.embed == 0 || self.hidden == 0 || self.layers == 0 {
+            return Err("embed, hidden and layers must all be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        if self.kind == ModelKind::LstmAttention {
+            if self.window == 0 || self.heads == 0 {
+                return Err("window and heads must be at least 1".into());
+            }
+            if self.hidden % self.heads != 0 {
+                return Err(format!(
+                    "hidden size {} is not divisible by {} heads",
+                    self.hidden, self.heads
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! A stack of LSTM layers (Hochreiter & Schmidhuber, 1997) with PyTorch's `nn.LSTM` weight names
+//! and gate order (i, f, g, o), so PyTorch weights load directly.
+//!
+//! Per layer: `gates = x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`, `i, f, o = sigmoid(.)`,
+//! `g = tanh(.)`, `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`. The input projection of a
+//! whole sequence is one matmul; only `h W_hh^T` runs per step. On the CPU in f32 the recurrence
+//! runs as [`FusedLstmOp`]; elsewhere (and as the test reference) as composed candle ops.
+
+use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::fused_lstm::FusedLstmOp;
+use crate::rng::Rng;
+
+/// How the recurrence of a sequence is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recurrence {
+    /// The fused custom op on CPU f32, composed ops elsewhere.
+    Auto,
+    /// Composed candle ops, step by step (the reference).
+    Composed,
+}
+
+pub struct LstmLayer {
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    hidden: usize,
+}
+
+/// Per-layer `(h, c)`, each `[B, H]`.
+#[derive(Clone, Debug)]
+pub struct LstmState {
+    pub h: Vec<Tensor>,
+    pub c: Vec<Tensor>,
+}
+
+impl LstmState {
+    pub fn zeros(layers: usize, batch: usize, hidden: usize, device: &Device) -> Result<Self> {
+        let z = Tensor::zeros((batch, hidden), DType::F32, device)?;
+        Ok(LstmState {
+            h: vec![z.clone(); layers],
+            c: vec![z; layers],
+        })
+    }
+
+    /// Cuts the autograd history so a long generation does not keep every step alive.
+    pub fn detach(&self) -> Self {
+        LstmState {
+            h: self.h.iter().map(Tensor::detach).collect(),
+            c: self.c.iter().map(Tensor::detach).collect(),
+        }
+    }
+}
+
+impl LstmLayer {
+    pub fn new(input: usize, hidden: usize, layer: usize, vb: &VarBuilder) -> Result<Self> {
+        // PyTorch's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias.
+        let k = 1.0 / (hidden as f64).sqrt();
+        let init = Init::Uniform { lo: -k, up: k };
+        let w_ih = vb.get_with_hints((4 * hidden, input), &format!("weight_ih_l{layer}"), init)?;
+        let w_hh = vb.get_with_hints((4 * hidden, hidden), &format!("weight_hh_l{layer}"), init)?;
+        let b_ih = vb.get_with_hints(4 * hidden, &format!("bias_ih_l{layer}"), init)?;
+        let b_hh = vb.get_with_hints(4 * hidden, &format!("bias_hh_l{layer}"), init)?;
+        Ok(LstmLayer {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            hidden,
+        })
+    }
+
+    /// `x [B, T, In]` -> (`h_1..h_T [B, T, H]`, `h_T`, `c_T`).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, input) = x.dims3()?;
+        let xproj = x
+            .reshape((b * t, input))?
+            .matmul(&self.w_ih.t()?)?
+            .broadcast_add(&self.bias()?)?
+            .reshape((b, t, 4 * self.hidden))?;
+        let fused = recurrence == Recurrence::Auto
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && t > 0;
+        if fused {
+            let state0 = Tensor::stack(&[h0, c0], 0)?.contiguous()?;
+            let xproj = xproj.contiguous()?;
+            // Activations are kept only when autograd will ask for the backward pass.
+            let needs_grad = xproj.track_op() || self.w_hh.track_op() || state0.track_op();
+            let out = xproj.apply_op3(&self.w_hh, &state0, FusedLstmOp::new(needs_grad))?;
+            let hs = out.narrow(1, 0, t)?;
+            let h_n = out.i((.., t - 1))?;
+            let c_n = out.i((.., t))?;
+            return Ok((hs, h_n, c_n));
+        }
+        let w_hh_t = self.w_hh.t()?;
+        let (mut h, mut c) = (h0.clone(), c0.clone());
+        let mut outputs = Vec::with_capacity(t);
+        for step in 0..t {
+            let gates = (xproj.i((.., step))? + h.matmul(&w_hh_t)?)?;
+            (h, c) = self.cell(&gates, &c)?;
+            outputs.push(h.clone());
+        }
+        Ok((Tensor::stack(&outputs, 1)?, h, c))
+    }
+
+    /// One step: `x [B, In]` with state `(h, c)` -> new `(h, c)`.
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let gates = x
+            .matmul(&self.w_ih.t()?)?
+            .broadcast_add(&self.bias()?)?
+            .add(&h.matmul(&self.w_hh.t()?)?)?;
+        self.cell(&gates, c)
+    }
+
+    /// Summed per call, never cached: the optimizer updates the two biases in place.
+    fn bias(&self) -> Result<Tensor> {
+        &self.b_ih + &self.b_hh
+    }
+
+    fn cell(&self, gates: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let chunks = gates.chunk(4, D::Minus1)?;
+        let i = candle_nn::ops::sigmoid(&chunks[0])?;
+        let f = candle_nn::ops::sigmoid(&chunks[1])?;
+        let g = chunks[2].tanh()?;
+        let o = candle_nn::ops::sigmoid(&chunks[3])?;
+        let c = ((f * c)? + (i * g)?)?;
+        let h = (o * c.tanh()?)?;
+        Ok((h, c))
+    }
+}
+
+pub struct LstmStack {
+    layers: Vec<LstmLayer>,
+    pub hidden: usize,
+    dropout: f64,
+}
+
+impl LstmStack {
+    /// Weights under `vb` as `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...
+    pub fn new(
+        input: usize,
+        hidden: usize,
+        layers: usize,
+        dropout: f64,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
+        let layers = (0..layers)
+            .map(|l| LstmLayer::new(if l == 0 { input } else { hidden }, hidden, l, vb))
+            .collect::<Result<_>>()?;
+        Ok(LstmStack {
+            layers,
+            hidden,
+            dropout,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `x [B, T, In]` -> `[B, T, H]` and the final state. With `dropout_rng`, dropout is applied
+    /// between layers (training).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        state: &LstmState,
+        recurrence: Recurrence,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Tensor, LstmState)> {
+        let mut x = x.clone();
+        let mut next = LstmState {
+            h: Vec::with_capacity(self.layers.len()),
+            c: Vec::with_capacity(self.layers.len()),
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            if l > 0 {
+                if let Some(rng) = dropout_rng.as_deref_mut() {
+                    x = dropout(&x, self.dropout, rng)?;
+                }
+            }
+            let (out, h, c) = layer.forward(&x, &state.h[l], &state.c[l], recurrence)?;
+            next.h.push(h);
+            next.c.push(c);
+            x = out;
+        }
+        Ok((x, next))
+    }
+
+    /// One step for `x [B, In]`; updates `state` in place and returns the top layer's `h [B, H]`.
+    pub fn step(&self, x: &Tensor, state: &mut LstmState) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (h, c) = layer.step(&x, &state.h[l], &state.c[l])?;
+            state.h[l] = h.clone();
+            state.c[l] = c;
+            x = h;
+        }
+        Ok(x)
+    }
+}
+
+/// Inverted dropout with a mask drawn from our own RNG, so a resumed run draws the same masks.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}

@@ -1,0 +1,132 @@
+//! The two sequence models (candle): `lstm` and `lstm-attention`, over the 390-event vocabulary.
+//!
+//! Both map ids `[B, T]` to logits `[B, T, 390]` and have a streaming [`MusicModel::step`] that
+//! carries a [`State`], so generating N events costs O(N).
+
+mod attention;
+pub mod checkpoint;
+mod config;
+mod fused_lstm;
+mod lstm;
+
+pub use attention::{AttentionCache, LocalAttention};
+pub use config::{ModelConfig, ModelKind};
+pub use fused_lstm::FusedLstmOp;
+pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::{Embedding, Linear, Module, VarBuilder};
+
+use crate::rng::Rng;
+
+/// Embedding -> LSTM stack -> [local attention] -> Linear. Weight names: `embedding.weight`,
+/// `lstm.weight_ih_l0` ... (PyTorch's), `attention.*`, `output.weight`, `output.bias`.
+pub struct MusicModel {
+    pub config: ModelConfig,
+    embedding: Embedding,
+    lstm: LstmStack,
+    attention: Option<LocalAttention>,
+    output: Linear,
+    device: Device,
+}
+
+/// Everything a streaming generation carries from one step to the next.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub lstm: LstmState,
+    pub attention: AttentionCache,
+}
+
+impl State {
+    pub fn detach(&self) -> Self {
+        State {
+            lstm: self.lstm.detach(),
+            attention: self.attention.detach(),
+        }
+    }
+}
+
+impl MusicModel {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::Msg)?;
+        let embedding = candle_nn::embedding(config.vocab_size, config.embed, vb.pp("embedding"))?;
+        let lstm = LstmStack::new(
+            config.embed,
+            config.hidden,
+            config.layers,
+            config.dropout,
+            &vb.pp("lstm"),
+        )?;
+        let attention = match config.kind {
+            ModelKind::Lstm => None,
+            ModelKind::LstmAttention => Some(LocalAttention::new(
+                config.hidden,
+                config.heads,
+                config.window,
+                &vb.pp("attention"),
+            )?),
+        };
+        let output = candle_nn::linear(config.hidden, config.vocab_size, vb.pp("output"))?;
+        Ok(MusicModel {
+            config: config.clone(),
+            embedding,
+            lstm,
+            attention,
+            output,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn zero_state(&self, batch: usize) -> Result<State> {
+        Ok(State {
+            lstm: LstmState::zeros(
+                self.lstm.num_layers(),
+                batch,
+                self.config.hidden,
+                &self.device,
+            )?,
+            attention: AttentionCache::default(),
+        })
+    }
+
+    /// Logits `[B, T, V]` for ids `[B, T]` (u32) from the zero state. With `dropout_rng` the
+    /// model is in training mode (dropout on).
+    pub fn forward(&self, ids: &Tensor, dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
+        self.forward_with(ids, dropout_rng, Recurrence::Auto)
+    }
+
+    /// As [`MusicModel::forward`], choosing how the LSTM recurrence is computed.
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+        recurrence: Recurrence,
+    ) -> Result<Tensor> {
+        let (b, _) = ids.dims2()?;
+        let state = self.zero_state(b)?;
+        let x = self.embedding.forward(ids)?;
+        let (h, _) = self
+            .lstm
+            .forward(&x, &state.lstm, recurrence, dropout_rng)?;
+        let h = match &self.attention {
+            Some(attention) => attention.forward(&h)?,
+            None => h,
+        };
+        self.output.forward(&h)
+    }
+
+    /// Feeds one id per sequence (`[B]`, u32) and returns logits `[B, V]` for the next event.
+    pub fn step(&self, ids: &Tensor, state: &mut State) -> Result<Tensor> {
+        let x = self.embedding.forward(ids)?;
+        let h = self.lstm.step(&x, &mut state.lstm)?;
+        let h = match &self.attention {
+            Some(attention) => attention.step(&h, &mut state.attention)?,
+            None => h,
+        };
+        self.output.forward(&h)
+    }
+}

@@ -1,0 +1,626 @@
+//! The training loop (DESIGN.md, "Training"): random crops of the training split with
+//! augmentation on the fly, AdamW with linear warm-up and cosine decay, global-norm clipping,
+//! validation NLL on fixed crops, checkpoints, pause / stop / checkpoint-now, and exact resume.
+//!
+//! It runs on whatever thread calls [`train`] and reports through a callback of [`TrainEvent`]s;
+//! the studio forwards them over a channel, the CLI draws a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::{Corpus, Split};
+use crate::device::DeviceChoice;
+use crate::model::checkpoint::{self, CheckpointMeta, DataSummary, ResumeState};
+use crate::model::{ModelConfig, MusicModel};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::tokenizer::{time_stretch, transpose};
+
+/// The token streams a run trains and validates on: each split's pieces joined end to end
+/// (every piece is START ... END, so a crop that starts a piece starts with START).
+#[derive(Clone, Debug, Default)]
+pub struct TrainData {
+    pub train: Vec<u16>,
+    pub validation: Vec<u16>,
+    pub summary: DataSummary,
+}
+
+impl TrainData {
+    pub fn from_corpus(corpus: &Corpus) -> Self {
+        let join = |split| -> Vec<u16> {
+            corpus
+                .split(split)
+                .flat_map(|p| p.events.iter().copied())
+                .collect()
+        };
+        let train = join(Split::Train);
+        let validation = join(Split::Validation);
+        TrainData {
+            summary: DataSummary {
+                root: corpus.root.display().to_string(),
+                files: corpus.summary.files_ok,
+                hours: corpus.summary.seconds / 3600.0,
+                train_events: train.len(),
+                validation_events: validation.len(),
+            },
+            train,
+            validation,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub steps: u64,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub lr: f64,
+    /// Linear warm-up steps (then cosine decay to `lr / 10`).
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub validate_every: u64,
+    /// At most this many fixed validation crops of `seq_len + 1` events.
+    pub validation_crops: usize,
+    pub checkpoint_every: u64,
+    pub augment: bool,
+    pub seed: u64,
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelConfig::default(),
+            steps: 10_000,
+            batch: 32,
+            seq_len: 512,
+            lr: 1e-3,
+            warmup: 200,
+            weight_decay: 0.01,
+            clip: 3.0,
+            validate_every: 200,
+            validation_crops: 64,
+            checkpoint_every: 500,
+            augment: true,
+            seed: 1,
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate before update number `step` (0-based).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let warmup = self.warmup.min(self.steps.saturating_sub(1));
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let span = (self.steps - warmup).max(1) as f64;
+        let progress = ((step - warmup) as f64 / span).min(1.0);
+        let floor = self.lr * 0.1;
+        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// What a run reports, in order: `Started`, then `Step`s with `Validation`s and `Checkpoint`s
+/// among them, then exactly one of `Finished` or `Failed`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        start_step: u64,
+        total_steps: u64,
+        parameters: usize,
+        device: String,
+        train_events: usize,
+        validation_events: usize,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        tokens_per_s: f64,
+        eta_s: f64,
+    },
+    Validation {
+        step: u64,
+        nll: f64,
+    },
+    Paused {
+        step: u64,
+    },
+    Resumed {
+        step: u64,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
+    Finished {
+        step: u64,
+        path: PathBuf,
+        stopped_early: bool,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// Shared flags the UI or a signal handler sets while a run is going.
+#[derive(Clone, Debug, Default)]
+pub struct TrainControl {
+    pub pause: Arc<AtomicBool>,
+    pub stop: Arc<AtomicBool>,
+    pub checkpoint_now: Arc<AtomicBool>,
+}
+
+impl TrainControl {
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.pause.store(paused, Ordering::SeqCst);
+    }
+
+    pub fn request_checkpoint(&self) {
+        self.checkpoint_now.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `trainer.json`: everything beyond the weights and moments that an exact resume needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub config: TrainConfig,
+    pub step: u64,
+    pub rng: Rng,
+    /// (step, training loss) for every step.
+    pub losses: Vec<(u64, f64)>,
+    /// (step, validation NLL).
+    pub validations: Vec<(u64, f64)>,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(
+        "the loss became {loss} at step {step}; training stopped, and the last good checkpoint ({kept}) was kept"
+    )]
+    NonFinite { step: u64, loss: f64, kept: String },
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// The result of a run that did not fail.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    pub stopped_early: bool,
+    pub last_validation: Option<f64>,
+}
+
+/// Trains (or with `resume`, continues) a model, writing checkpoints to `out`. Every outcome is
+/// also reported as a final `Finished` or `Failed` event.
+pub fn train(
+    data: &TrainData,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
+    let result = run(data, config, out, resume, control, on_event);
+    if let Err(e) = &result {
+        on_event(TrainEvent::Failed {
+            reason: e.to_string(),
+        });
+    }
+    result
+}
+
+struct Session {
+    model: MusicModel,
+    varmap: VarMap,
+    optimizer: AdamW,
+    state: TrainerState,
+    device: Device,
+    last_good: Option<PathBuf>,
+}
+
+fn run(
+    data: &TrainData,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
+    let mut s = open_session(config, out, resume)?;
+    let cfg = s.state.config.clone();
+    let need = cfg.seq_len + 1;
+    if data.train.len() <= need {
+        return Err(TrainError::Setup(format!(
+            "the training split has {} events, fewer than one crop of {need}: use a smaller --seq or more data",
+            data.train.len()
+        )));
+    }
+    let val_crops = validation_crops(&data.validation, need, cfg.validation_crops);
+    on_event(TrainEvent::Started {
+        start_step: s.state.step,
+        total_steps: cfg.steps,
+        parameters: s.varmap.all_vars().iter().map(|v| v.elem_count()).sum(),
+        device: crate::device::describe(&s.device).into(),
+        train_events: data.train.len(),
+        validation_events: data.validation.len(),
+    });
+
+    let tokens_per_step = (cfg.batch * cfg.seq_len) as f64;
+    let mut step_secs: Option<f64> = None;
+    let mut stopped_early = false;
+    while s.state.step < cfg.steps {
+        if control.stop.load(Ordering::SeqCst) {
+            stopped_early = true;
+            break;
+        }
+        if control.pause.load(Ordering::SeqCst) {
+            on_event(TrainEvent::Paused { step: s.state.step });
+            while control.pause.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
+                if control.checkpoint_now.swap(false, Ordering::SeqCst) {
+                    save(&mut s, data, out, on_event)?;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            on_event(TrainEvent::Resumed { step: s.state.step });
+            continue;
+        }
+        let t0 = Instant::now();
+        let (inputs, targets) =
+            sample_batch(&data.train, cfg.batch, need, cfg.augment, &mut s.state.rng);
+        let inputs = Tensor::from_vec(inputs, (cfg.batch, cfg.seq_len), &s.device)?;
+        let targets = Tensor::from_vec(targets, cfg.batch * cfg.seq_len, &s.device)?;
+        let logits = s.model.forward(&inputs, Some(&mut s.state.rng))?;
+        let loss = candle_nn::loss::cross_entropy(
+            &logits.reshape((cfg.batch * cfg.seq_len, cfg.model.vocab_size))?,
+            &targets,
+        )?;
+        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let step = s.state.step;
+        if !loss_value.is_finite() {
+            return Err(non_finite(step + 1, loss_value, &s));
+        }
+        let grads = loss.backward()?;
+        let lr = cfg.lr_at(step);
+        let norm = s.optimizer.step(&grads, lr, cfg.clip)?;
+        if !norm.is_finite() {
+            return Err(non_finite(step + 1, norm, &s));
+        }
+        s.state.step += 1;
+        s.state.losses.push((s.state.step, loss_value));
+        let secs = t0.elapsed().as_secs_f64();
+        s.state.elapsed_s += secs;
+        let avg = step_secs.map_or(secs, |a| 0.9 * a + 0.1 * secs);
+        step_secs = Some(avg);
+        on_event(TrainEvent::Step {
+            step: s.state.step,
+            loss: loss_value,
+            lr,
+            tokens_per_s: tokens_per_step / avg,
+            eta_s: avg * (cfg.steps - s.state.step) as f64,
+        });
+        let last = s.state.step == cfg.steps;
+        if cfg.validate_every > 0 && (s.state.step % cfg.validate_every == 0 || last) {
+            if let Some(nll) = evaluate_crops(&s.model, &val_crops, cfg.batch, &s.device)? {
+                s.state.validations.push((s.state.step, nll));
+                on_event(TrainEvent::Validation {
+                    step: s.state.step,
+                    nll,
+                });
+            }
+        }
+        let periodic = cfg.checkpoint_every > 0 && s.state.step % cfg.checkpoint_every == 0;
+        if (periodic || control.checkpoint_now.swap(false, Ordering::SeqCst)) && !last {
+            save(&mut s, data, out, on_event)?;
+        }
+    }
+    save(&mut s, data, out, on_event)?;
+    let outcome = TrainOutcome {
+        checkpoint: out.to_path_buf(),
+        step: s.state.step,
+        stopped_early,
+        last_validation: s.state.validations.last().map(|v| v.1),
+    };
+    on_event(TrainEvent::Finished {
+        step: outcome.step,
+        path: outcome.checkpoint.clone(),
+        stopped_early,
+    });
+    Ok(outcome)
+}
+
+fn non_finite(step: u64, loss: f64, s: &Session) -> TrainError {
+    TrainError::NonFinite {
+        step,
+        loss,
+        kept: s
+            .last_good
+            .as_ref()
+            .map_or("none was written yet".into(), |p| p.display().to_string()),
+    }
+}
+
+fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Session, TrainError> {
+    let exists = checkpoint::is_checkpoint(out);
+    if exists && !resume {
+        return Err(TrainError::Setup(format!(
+            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    if resume && !exists {
+        return Err(TrainError::Setup(format!(
+            "cannot resume: {} holds no checkpoint",
+            out.display()
+        )));
+    }
+    let device = config.device.open().map_err(TrainError::Setup)?;
+    let (model_config, state) = if resume {
+        let meta = checkpoint::read_meta(out)?;
+        let (_, json) = checkpoint::load_optimizer(out, &device)?;
+        let mut state: TrainerState = serde_json::from_str(&json)
+            .map_err(|e| TrainError::Setup(format!("{}: trainer.json: {e}", out.display())))?;
+        // The architecture comes from the checkpoint; the schedule may be extended.
+        state.config.steps = config.steps.max(state.step);
+        state.config.device = config.device;
+        state.config.model = meta.model.clone();
+        (meta.model, state)
+    } else {
+        config.model.validate().map_err(TrainError::Setup)?;
+        let state = TrainerState {
+            config: config.clone(),
+            step: 0,
+            rng: Rng::new(config.seed),
+            losses: Vec::new(),
+            validations: Vec::new(),
+            elapsed_s: 0.0,
+        };
+        (config.model.clone(), state)
+    };
+    // Initial weights come from their own seeded stream, not candle's global RNG.
+    let varmap = VarMap::new();
+    let model = MusicModel::new(
+        &model_config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    seed_weights(&varmap, &model_config, state.config.seed)?;
+    let named = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Setup("poisoned variable map".into()))?
+        .clone();
+    let mut optimizer = AdamW::new(
+        named,
+        AdamWConfig {
+            weight_decay: state.config.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut last_good = None;
+    if resume {
+        checkpoint::load_into_varmap(out, &model_config, &varmap)?;
+        let (moments, _) = checkpoint::load_optimizer(out, &device)?;
+        optimizer.load_state(&moments, state.step)?;
+        last_good = Some(out.to_path_buf());
+    }
+    Ok(Session {
+        model,
+        varmap,
+        optimizer,
+        state,
+        device,
+        last_good,
+    })
+}
+
+/// Re-draws every variable from our seeded RNG with the same distribution family candle used
+/// (uniform within the range of PyTorch's defaults), so two runs with one seed start alike.
+fn seed_weights(varmap: &VarMap, config: &ModelConfig, seed: u64) -> candle_core::Result<()> {
+    let mut rng = Rng::new(seed ^ 0x5eed_5eed);
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned variable map".into()))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let n = var.elem_count();
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else if name.ends_with("norm.bias") || name.ends_with("rel_bias") {
+            vec![0.0; n]
+        } else if name.starts_with("embedding") {
+            // N(0, 1) as nn.Embedding, by Box-Muller.
+            (0..n)
+                .map(|_| {
+                    let u1 = rng.next_f64().max(1e-12);
+                    let u2 = rng.next_f64();
+                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                })
+                .collect()
+        } else {
+            // PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)); a bias does not know its fan-in, so
+            // it uses the hidden size, as the LSTM's do.
+            let fan_in = match dims.as_slice() {
+                [_, fan_in] if !name.starts_with("lstm") => *fan_in,
+                _ => config.hidden,
+            };
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (0..n)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect()
+        };
+        let t = Tensor::from_vec(values, dims.as_slice(), var.device())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// `batch` crops of `need` events: inputs are the first `need - 1`, targets the last `need - 1`.
+pub fn sample_batch(
+    stream: &[u16],
+    batch: usize,
+    need: usize,
+    augment: bool,
+    rng: &mut Rng,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut inputs = Vec::with_capacity(batch * (need - 1));
+    let mut targets = Vec::with_capacity(batch * (need - 1));
+    for _ in 0..batch {
+        let crop = crop(stream, need, augment, rng);
+        inputs.extend(crop[..need - 1].iter().map(|&id| id as u32));
+        targets.extend(crop[1..].iter().map(|&id| id as u32));
+    }
+    (inputs, targets)
+}
+
+fn crop(stream: &[u16], need: usize, augment: bool, rng: &mut Rng) -> Vec<u16> {
+    if !augment {
+        let start = rng.below(stream.len() - need + 1);
+        return stream[start..start + need].to_vec();
+    }
+    let semitones = rng.range_i32(-3, 3);
+    let stretch = 0.95 + 0.1 * rng.next_f64();
+    // A slightly longer window, because stretching can drop time shifts.
+    let len = (need + need / 4 + 8).min(stream.len());
+    let start = rng.below(stream.len() - len + 1);
+    let window = &stream[start..start + len];
+    // A transposition that would leave the keyboard is skipped, not the crop.
+    let moved = transpose(window, semitones).unwrap_or_else(|| window.to_vec());
+    let stretched = time_stretch(&moved, stretch);
+    if stretched.len() >= need {
+        stretched[..need].to_vec()
+    } else {
+        window[..need].to_vec()
+    }
+}
+
+/// Evenly spaced, non-overlapping crops of `need` events (the same every time).
+pub fn validation_crops(stream: &[u16], need: usize, max: usize) -> Vec<Vec<u16>> {
+    let available = stream.len() / need;
+    let count = available.min(max);
+    if count == 0 {
+        return Vec::new();
+    }
+    let stride = available / count;
+    (0..count)
+        .map(|i| stream[i * stride * need..(i * stride + 1) * need].to_vec())
+        .collect()
+}
+
+/// Mean negative log-likelihood in nats per predicted event over `crops`.
+pub fn evaluate_crops(
+    model: &MusicModel,
+    crops: &[Vec<u16>],
+    batch: usize,
+    device: &Device,
+) -> candle_core::Result<Option<f64>> {
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for chunk in crops.chunks(batch.max(1)) {
+        let len = chunk[0].len();
+        let b = chunk.len();
+        let inputs: Vec<u32> = chunk
+            .iter()
+            .flat_map(|c| c[..len - 1].iter().map(|&x| x as u32))
+            .collect();
+        let targets: Vec<u32> = chunk
+            .iter()
+            .flat_map(|c| c[1..].iter().map(|&x| x as u32))
+            .collect();
+        let inputs = Tensor::from_vec(inputs, (b, len - 1), device)?;
+        let targets = Tensor::from_vec(targets, b * (len - 1), device)?;
+        let logits = model
+            .forward(&inputs, None)?
+            .reshape((b * (len - 1), model.config.vocab_size))?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        total += loss * (b * (len - 1)) as f64;
+        count += b * (len - 1);
+    }
+    Ok((count > 0).then(|| total / count as f64))
+}
+
+/// NLL of a whole token stream in windows of `seq_len + 1` (the last one shorter).
+pub fn evaluate_stream(
+    model: &MusicModel,
+    stream: &[u16],
+    seq_len: usize,
+    batch: usize,
+) -> candle_core::Result<Option<f64>> {
+    let need = seq_len + 1;
+    let mut windows: Vec<Vec<u16>> = Vec::new();
+    let mut start = 0;
+    while start + 1 < stream.len() {
+        let end = (start + need).min(stream.len());
+        windows.push(stream[start..end].to_vec());
+        start += seq_len;
+    }
+    // Windows of the full length batch together; the shorter tail runs alone.
+    let (full, tail): (Vec<_>, Vec<_>) = windows.into_iter().partition(|w| w.len() == need);
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for group in [full, tail] {
+        let n: usize = group.iter().map(|w| w.len() - 1).sum();
+        if let Some(nll) = evaluate_crops(model, &group, batch, model.device())? {
+            total += nll * n as f64;
+            count += n;
+        }
+    }
+    Ok((count > 0).then(|| total / count as f64))
+}
+
+fn save(
+    s: &mut Session,
+    data: &TrainData,
+    out: &Path,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<(), TrainError> {
+    let mut meta = CheckpointMeta::new(s.model.config.clone(), data.summary.clone());
+    meta.step = s.state.step;
+    meta.validation_nll = s.state.validations.last().map(|v| v.1);
+    let recent: Vec<f64> = s.state.losses.iter().rev().take(50).map(|l| l.1).collect();
+    meta.train_loss =
+        (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
+    let trainer_json = serde_json::to_string(&s.state)
+        .map_err(|e| TrainError::Setup(format!("cannot serialise the trainer state: {e}")))?;
+    checkpoint::save(
+        out,
+        &meta,
+        &checkpoint::varmap_tensors(&s.varmap),
+        Some(ResumeState {
+            optimizer: s.optimizer.state_tensors(),
+            trainer_json: &trainer_json,
+        }),
+    )?;
+    s.last_good = Some(out.to_path_buf());
+    on_event(TrainEvent::Checkpoint {
+        step: s.state.step,
+        path: out.to_path_buf(),
+    });
+    Ok(())
+}

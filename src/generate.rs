@@ -57,7 +57,7 @@ impl GenerateConfig {
         if self.variations == 0 {
             return Err("variations must be at least 1".into());
         }
-        if !(self.max_seconds > 0.0) || self.max_events == 0 {
+        if self.max_seconds.is_nan() || self.max_seconds <= 0.0 || self.max_events == 0 {
             return Err("the length must be above 0".into());
         }
         Ok(())
@@ -258,9 +258,9 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
         let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
-        logits[60] = 5.0;
+        logits[60] = 10.0;
         logits[START as usize] = 100.0;
-        logits[61] = 4.0;
+        logits[61] = 9.0;
         let mut rng = Rng::new(3);
         let mut probs = Vec::new();
         let greedy = GenerateConfig {

@@ -22,6 +22,9 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{time_stretch, transpose};
 
+/// Keeps the weight-initialisation stream apart from the data stream of the same seed.
+const INIT_SEED_SALT: u64 = 0x1b17_5eed;
+
 /// The token streams a run trains and validates on: each split's pieces joined end to end
 /// (every piece is START ... END, so a crop that starts a piece starts with START).
 #[derive(Clone, Debug, Default)]
@@ -398,13 +401,12 @@ fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Sessio
         };
         (config.model.clone(), state)
     };
-    // Initial weights come from their own seeded stream, not candle's global RNG.
     let varmap = VarMap::new();
     let model = MusicModel::new(
         &model_config,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    seed_weights(&varmap, &model_config, state.config.seed)?;
+    crate::model::init::initialize(&varmap, &model_config, state.config.seed ^ INIT_SEED_SALT)?;
     let named = varmap
         .data()
         .lock()
@@ -432,51 +434,6 @@ fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Sessio
         device,
         last_good,
     })
-}
-
-/// Re-draws every variable from our seeded RNG with the same distribution family candle used
-/// (uniform within the range of PyTorch's defaults), so two runs with one seed start alike.
-fn seed_weights(varmap: &VarMap, config: &ModelConfig, seed: u64) -> candle_core::Result<()> {
-    let mut rng = Rng::new(seed ^ 0x5eed_5eed);
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("poisoned variable map".into()))?;
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &vars[name];
-        let dims = var.dims().to_vec();
-        let n = var.elem_count();
-        let values: Vec<f32> = if name.ends_with("norm.weight") {
-            vec![1.0; n]
-        } else if name.ends_with("norm.bias") || name.ends_with("rel_bias") {
-            vec![0.0; n]
-        } else if name.starts_with("embedding") {
-            // N(0, 1) as nn.Embedding, by Box-Muller.
-            (0..n)
-                .map(|_| {
-                    let u1 = rng.next_f64().max(1e-12);
-                    let u2 = rng.next_f64();
-                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                })
-                .collect()
-        } else {
-            // PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)); a bias does not know its fan-in, so
-            // it uses the hidden size, as the LSTM's do.
-            let fan_in = match dims.as_slice() {
-                [_, fan_in] if !name.starts_with("lstm") => *fan_in,
-                _ => config.hidden,
-            };
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            (0..n)
-                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-                .collect()
-        };
-        let t = Tensor::from_vec(values, dims.as_slice(), var.device())?;
-        var.set(&t)?;
-    }
-    Ok(())
 }
 
 /// `batch` crops of `need` events: inputs are the first `need - 1`, targets the last `need - 1`.

@@ -2,6 +2,8 @@
 
 mod bench;
 mod corpus_cmd;
+mod generate_cmd;
+mod train_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +44,12 @@ pub enum Command {
         /// Where to write the result (format 1, one piano track).
         output: PathBuf,
     },
+    /// Train a model on a folder of MIDI files, writing a checkpoint directory.
+    Train(train_cmd::TrainArgs),
+    /// Generate new music from a checkpoint, optionally continuing a primer.
+    Generate(generate_cmd::GenerateArgs),
+    /// Score a checkpoint on a split of a corpus: NLL in nats/event and perplexity.
+    Eval(generate_cmd::EvalArgs),
     /// Measure the engine's speed.
     Bench {
         #[command(subcommand)]
@@ -60,6 +68,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Corpus { dir, json }) => corpus_cmd::run(&dir, json),
         Some(Command::Convert { input, output }) => convert(&input, &output),
+        Some(Command::Train(args)) => train_cmd::run(args),
+        Some(Command::Generate(args)) => generate_cmd::run_generate(args),
+        Some(Command::Eval(args)) => generate_cmd::run_eval(args),
         Some(Command::Bench { what }) => bench::run(what),
     }
 }

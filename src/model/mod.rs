@@ -7,6 +7,7 @@ mod attention;
 pub mod checkpoint;
 mod config;
 mod fused_lstm;
+pub mod init;
 mod lstm;
 
 pub use attention::{AttentionCache, LocalAttention};

@@ -1,0 +1,192 @@
+//! `echoai generate` and `echoai eval`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+
+use crate::corpus::{Corpus, Split};
+use crate::device::DeviceChoice;
+use crate::generate::{GenerateConfig, generate};
+use crate::midi::{read_midi, write_midi};
+use crate::model::checkpoint::load_for_inference;
+use crate::train::{TrainData, evaluate_stream};
+
+use super::train_cmd::parse_device;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The checkpoint directory to sample from.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A MIDI file whose opening the model continues.
+    #[arg(long)]
+    pub primer: Option<PathBuf>,
+    /// How much of the primer to use, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub primer_seconds: f64,
+    /// Seconds of new music.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// At most this many new events.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_events: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely events up to this probability (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Keep only the k most likely events (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// The same seed gives the same music.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How many pieces to generate at once (OUT-1.mid, OUT-2.mid, ...).
+    #[arg(long, default_value_t = 1)]
+    pub variations: usize,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Where to write the MIDI file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let device = args.device.open().map_err(anyhow::Error::msg)?;
+    let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
+    let primer = match &args.primer {
+        Some(path) => Some(read_midi(path)?.first_seconds(args.primer_seconds)),
+        None => None,
+    };
+    let config = GenerateConfig {
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+        top_p: (args.top_p < 1.0).then_some(args.top_p),
+        max_seconds: args.seconds,
+        max_events: args.max_events,
+        seed: args.seed,
+        variations: args.variations,
+    };
+    eprintln!(
+        "generating {} x {:.0} s with {} (step {})",
+        args.variations, args.seconds, meta.model.kind, meta.step
+    );
+    let started = std::time::Instant::now();
+    let takes = generate(
+        &model,
+        primer.as_ref(),
+        &config,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )?;
+    let events: usize = takes.iter().map(|t| t.events.len()).sum();
+    for (i, take) in takes.iter().enumerate() {
+        let path = output_path(&args.out, i, takes.len());
+        write_midi(&take.performance, &path)?;
+        eprintln!(
+            "{}: {} notes, {:.1} s{}",
+            path.display(),
+            take.performance.len(),
+            take.performance.end_time(),
+            if take.ended_by_model {
+                " (the model ended it)"
+            } else {
+                ""
+            }
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{events} events in {secs:.1} s ({:.0} events/s)",
+        events as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `out.mid` for one take; `out-1.mid`, `out-2.mid`, ... for several.
+pub fn output_path(out: &Path, index: usize, count: usize) -> PathBuf {
+    if count <= 1 {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mid".into());
+    out.with_file_name(format!("{stem}-{}.{ext}", index + 1))
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The checkpoint directory to evaluate.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Folder of MIDI files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split to score: validation, test or train.
+    #[arg(long, default_value = "validation", value_parser = parse_split)]
+    pub split: Split,
+    /// Events per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_split(text: &str) -> Result<Split, String> {
+    Split::parse(text)
+        .ok_or_else(|| format!("unknown split `{text}`: use validation, test or train"))
+}
+
+pub fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let device = args.device.open().map_err(anyhow::Error::msg)?;
+    let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
+    let corpus = Corpus::load(&args.data, &|_, _| {})?;
+    let data = TrainData::from_corpus(&corpus);
+    let stream: Vec<u16> = match args.split {
+        Split::Train => data.train,
+        Split::Validation => data.validation,
+        Split::Test => corpus
+            .split(Split::Test)
+            .flat_map(|p| p.events.iter().copied())
+            .collect(),
+    };
+    let nll = evaluate_stream(&model, &stream, args.seq, args.batch)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the {} split of {} is empty",
+            args.split.name(),
+            args.data.display()
+        )
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": args.checkpoint, "model": meta.model.kind.name(), "split": args.split.name(),
+                "events": stream.len(), "nll": nll, "perplexity": nll.exp()
+            })
+        );
+    } else {
+        println!(
+            "{} ({}, step {}) on the {} split ({} events): NLL {nll:.4} nats/event, perplexity {:.2}",
+            args.checkpoint.display(),
+            meta.model.kind,
+            meta.step,
+            args.split.name(),
+            stream.len(),
+            nll.exp()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::Subcommand;
 use rayon::prelude::*;
 
+use super::bench_model;
 use crate::corpus::scan_midi_files;
 use crate::midi::parse_midi;
 use crate::tokenizer::encode_piece;
@@ -21,6 +22,37 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// Training tokens/s of the reference model (fused LSTM) against candle_nn's LSTM, and the SGEMM ceiling.
+    Train {
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 256)]
+        embed: usize,
+        #[arg(long, default_value_t = 512)]
+        hidden: usize,
+        /// Timed steps per model (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Skip the (slow) candle_nn baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Also time the composed reference LSTM.
+        #[arg(long)]
+        composed: bool,
+    },
+    /// Generation events/s at batch 1, with candle_nn's LSTM as the baseline.
+    Generate {
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        #[arg(long, default_value_t = 256)]
+        embed: usize,
+        #[arg(long, default_value_t = 512)]
+        hidden: usize,
+        #[arg(long)]
+        no_baseline: bool,
+    },
 }
 
 pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -29,6 +61,29 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             dir.unwrap_or_else(crate::assets::demo_corpus_dir),
             runs.max(1),
         ),
+        BenchCommand::Train {
+            batch,
+            seq,
+            embed,
+            hidden,
+            iters,
+            no_baseline,
+            composed,
+        } => {
+            let sizes = bench_model::Sizes { batch, seq, embed, hidden };
+            bench_model::bench_train(&sizes, iters.max(1), !no_baseline, composed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Generate {
+            events,
+            embed,
+            hidden,
+            no_baseline,
+        } => {
+            let sizes = bench_model::Sizes { batch: 1, seq: 1, embed, hidden };
+            bench_model::bench_generate(&sizes, events.max(1), !no_baseline)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

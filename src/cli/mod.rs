@@ -1,6 +1,7 @@
 //! The `echoai` command line: argument definitions and the library calls behind each command.
 
 mod bench;
+mod bench_model;
 mod corpus_cmd;
 mod generate_cmd;
 mod train_cmd;

@@ -1,0 +1,246 @@
+//! `echoai bench train` and `echoai bench generate`: the reference model of DESIGN.md
+//! (Embedding(390, 256) -> 2 x LSTM(512) -> Linear(390)) against `candle_nn::rnn::LSTM`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::rnn::{LSTMConfig, RNN};
+use candle_nn::{Module, VarBuilder, VarMap};
+
+use crate::model::{ModelConfig, ModelKind, MusicModel, Recurrence};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::tokenizer::VOCAB_SIZE;
+
+pub struct Sizes {
+    pub batch: usize,
+    pub seq: usize,
+    pub embed: usize,
+    pub hidden: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn random_ids(n: usize, rng: &mut Rng) -> Vec<u32> {
+    (0..n).map(|_| rng.below(VOCAB_SIZE) as u32).collect()
+}
+
+/// The candle_nn baseline: the same shapes with candle_nn's LSTM layers.
+struct Baseline {
+    embedding: candle_nn::Embedding,
+    layers: Vec<candle_nn::rnn::LSTM>,
+    output: candle_nn::Linear,
+}
+
+impl Baseline {
+    fn new(s: &Sizes, vb: VarBuilder) -> candle_core::Result<Self> {
+        let layers = (0..2)
+            .map(|l| {
+                let config = LSTMConfig {
+                    layer_idx: l,
+                    ..Default::default()
+                };
+                let input = if l == 0 { s.embed } else { s.hidden };
+                candle_nn::rnn::lstm(input, s.hidden, config, vb.pp("lstm"))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Baseline {
+            embedding: candle_nn::embedding(VOCAB_SIZE, s.embed, vb.pp("embedding"))?,
+            layers,
+            output: candle_nn::linear(s.hidden, VOCAB_SIZE, vb.pp("output"))?,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.embedding.forward(ids)?;
+        for layer in &self.layers {
+            let states = layer.seq(&x)?;
+            x = layer.states_to_tensor(&states)?;
+        }
+        self.output.forward(&x)
+    }
+}
+
+/// Median training tokens/s of one model over `iters` timed steps (after one warm-up step).
+fn time_training(
+    s: &Sizes,
+    iters: usize,
+    varmap: &VarMap,
+    forward: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
+    let mut rng = Rng::new(7);
+    let named = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
+        .clone();
+    let mut opt = AdamW::new(named, AdamWConfig::default())?;
+    let mut times = Vec::new();
+    for i in 0..iters + 1 {
+        let ids = random_ids(s.batch * (s.seq + 1), &mut rng);
+        let inputs: Vec<u32> = ids.chunks(s.seq + 1).flat_map(|c| c[..s.seq].to_vec()).collect();
+        let targets: Vec<u32> = ids.chunks(s.seq + 1).flat_map(|c| c[1..].to_vec()).collect();
+        let t0 = Instant::now();
+        let inputs = Tensor::from_vec(inputs, (s.batch, s.seq), &Device::Cpu)?;
+        let targets = Tensor::from_vec(targets, s.batch * s.seq, &Device::Cpu)?;
+        let logits = forward(&inputs)?.reshape((s.batch * s.seq, VOCAB_SIZE))?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-3, 3.0)?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((s.batch * s.seq) as f64 / median(times))
+}
+
+fn reference_config(s: &Sizes, kind: ModelKind) -> ModelConfig {
+    ModelConfig {
+        kind,
+        embed: s.embed,
+        hidden: s.hidden,
+        layers: 2,
+        dropout: 0.0,
+        ..ModelConfig::default()
+    }
+}
+
+/// 2-thread SGEMM throughput on a large square product: the machine's ceiling.
+pub fn sgemm_gflops(n: usize) -> f64 {
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        // SAFETY: a, b and c are n x n row-major buffers, matching the strides given.
+        unsafe {
+            gemm::gemm(
+                n, n, n,
+                c.as_mut_ptr(), 1, n as isize, false,
+                a.as_ptr(), 1, n as isize,
+                b.as_ptr(), 1, n as isize,
+                0.0, 1.0, false, false, false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / median(times[1..].to_vec()) / 1e9
+}
+
+/// Floating-point work of one training token of the reference model (forward + backward).
+pub fn flops_per_training_token(s: &Sizes) -> f64 {
+    let (e, h, v) = (s.embed as f64, s.hidden as f64, VOCAB_SIZE as f64);
+    let forward = 2.0 * (4.0 * h * (e + h) + 4.0 * h * (h + h)) + 2.0 * h * v;
+    3.0 * forward
+}
+
+pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> anyhow::Result<()> {
+    println!(
+        "bench train: Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE}), batch {} x {}, {} threads",
+        s.embed,
+        s.hidden,
+        s.batch,
+        s.seq,
+        rayon::current_num_threads()
+    );
+    let peak = sgemm_gflops(1024);
+    let flops = flops_per_training_token(s);
+    println!(
+        "  SGEMM 1024^3 peak: {peak:.1} GFLOP/s; one training token is {:.1} MFLOP, so the ceiling is {:.0} tokens/s",
+        flops / 1e6,
+        peak * 1e9 / flops
+    );
+    let mut rows: Vec<(&str, Recurrence, bool)> = vec![("echoai fused LSTM", Recurrence::Auto, true)];
+    if composed {
+        rows.push(("echoai composed LSTM", Recurrence::Composed, true));
+    }
+    if baseline {
+        rows.push(("candle_nn::rnn::LSTM", Recurrence::Composed, false));
+    }
+    for (name, recurrence, ours) in rows {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let tokens_per_s = if ours {
+            let model = MusicModel::new(&reference_config(s, ModelKind::Lstm), vb)?;
+            time_training(s, iters, &varmap, &|ids| model.forward_with(ids, None, recurrence))?
+        } else {
+            let model = Baseline::new(s, vb)?;
+            time_training(s, iters, &varmap, &|ids| model.forward(ids))?
+        };
+        println!(
+            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling)",
+            100.0 * tokens_per_s * flops / (peak * 1e9)
+        );
+    }
+    Ok(())
+}
+
+pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Result<()> {
+    println!(
+        "bench generate: batch 1, {events} events, Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE})",
+        s.embed, s.hidden
+    );
+    for kind in [ModelKind::Lstm, ModelKind::LstmAttention] {
+        let varmap = VarMap::new();
+        let weights = {
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            MusicModel::new(&reference_config(s, kind), vb)?;
+            crate::model::checkpoint::varmap_tensors(&varmap)
+        };
+        let model = MusicModel::new(
+            &reference_config(s, kind),
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        )?;
+        let mut state = model.zero_state(1)?;
+        let mut id = crate::tokenizer::START as u32;
+        let t0 = Instant::now();
+        for _ in 0..events {
+            let logits = model.step(&Tensor::new(&[id], &Device::Cpu)?, &mut state)?;
+            let row = logits.squeeze(0)?.to_vec1::<f32>()?;
+            id = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32);
+        }
+        let rate = events as f64 / t0.elapsed().as_secs_f64();
+        println!("  echoai {:<16} {rate:>8.0} events/s", kind.name());
+    }
+    if baseline {
+        let varmap = VarMap::new();
+        let weights = {
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            Baseline::new(s, vb)?;
+            crate::model::checkpoint::varmap_tensors(&varmap)
+        };
+        let model = Baseline::new(s, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu))?;
+        let mut states: Vec<_> = model
+            .layers
+            .iter()
+            .map(|l| l.zero_state(1))
+            .collect::<candle_core::Result<_>>()?;
+        let mut id = crate::tokenizer::START as u32;
+        let t0 = Instant::now();
+        for _ in 0..events {
+            let mut x = model.embedding.forward(&Tensor::new(&[id], &Device::Cpu)?)?;
+            for (layer, state) in model.layers.iter().zip(states.iter_mut()) {
+                *state = layer.step(&x, state)?;
+                x = state.h().clone();
+            }
+            let row = model.output.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?;
+            id = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32);
+        }
+        let rate = events as f64 / t0.elapsed().as_secs_f64();
+        println!("  {:<23} {rate:>8.0} events/s", "candle_nn::rnn::LSTM");
+    }
+    Ok(())
+}

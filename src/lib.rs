@@ -6,15 +6,18 @@
 //! streams feed training; generated ids are decoded back to a performance and written as MIDI.
 
 pub mod assets;
+pub mod audio;
 pub mod cli;
 pub mod corpus;
 pub mod device;
 pub mod fsutil;
 pub mod generate;
+pub mod live_midi;
 pub mod midi;
 pub mod model;
 pub mod optim;
 pub mod performance;
 pub mod rng;
+pub mod studio;
 pub mod tokenizer;
 pub mod train;

@@ -581,3 +581,13 @@ fn save(
     });
     Ok(())
 }
+
+/// `1m05s`, `2h03m`: for ETAs and elapsed times.
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}

@@ -70,7 +70,12 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             no_baseline,
             composed,
         } => {
-            let sizes = bench_model::Sizes { batch, seq, embed, hidden };
+            let sizes = bench_model::Sizes {
+                batch,
+                seq,
+                embed,
+                hidden,
+            };
             bench_model::bench_train(&sizes, iters.max(1), !no_baseline, composed)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -80,7 +85,12 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             hidden,
             no_baseline,
         } => {
-            let sizes = bench_model::Sizes { batch: 1, seq: 1, embed, hidden };
+            let sizes = bench_model::Sizes {
+                batch: 1,
+                seq: 1,
+                embed,
+                hidden,
+            };
             bench_model::bench_generate(&sizes, events.max(1), !no_baseline)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -81,8 +81,14 @@ fn time_training(
     let mut times = Vec::new();
     for i in 0..iters + 1 {
         let ids = random_ids(s.batch * (s.seq + 1), &mut rng);
-        let inputs: Vec<u32> = ids.chunks(s.seq + 1).flat_map(|c| c[..s.seq].to_vec()).collect();
-        let targets: Vec<u32> = ids.chunks(s.seq + 1).flat_map(|c| c[1..].to_vec()).collect();
+        let inputs: Vec<u32> = ids
+            .chunks(s.seq + 1)
+            .flat_map(|c| c[..s.seq].to_vec())
+            .collect();
+        let targets: Vec<u32> = ids
+            .chunks(s.seq + 1)
+            .flat_map(|c| c[1..].to_vec())
+            .collect();
         let t0 = Instant::now();
         let inputs = Tensor::from_vec(inputs, (s.batch, s.seq), &Device::Cpu)?;
         let targets = Tensor::from_vec(targets, s.batch * s.seq, &Device::Cpu)?;
@@ -119,11 +125,24 @@ pub fn sgemm_gflops(n: usize) -> f64 {
         // SAFETY: a, b and c are n x n row-major buffers, matching the strides given.
         unsafe {
             gemm::gemm(
-                n, n, n,
-                c.as_mut_ptr(), 1, n as isize, false,
-                a.as_ptr(), 1, n as isize,
-                b.as_ptr(), 1, n as isize,
-                0.0, 1.0, false, false, false,
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::Rayon(0),
             );
         }
@@ -155,7 +174,8 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
         flops / 1e6,
         peak * 1e9 / flops
     );
-    let mut rows: Vec<(&str, Recurrence, bool)> = vec![("echoai fused LSTM", Recurrence::Auto, true)];
+    let mut rows: Vec<(&str, Recurrence, bool)> =
+        vec![("echoai fused LSTM", Recurrence::Auto, true)];
     if composed {
         rows.push(("echoai composed LSTM", Recurrence::Composed, true));
     }
@@ -167,7 +187,9 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let tokens_per_s = if ours {
             let model = MusicModel::new(&reference_config(s, ModelKind::Lstm), vb)?;
-            time_training(s, iters, &varmap, &|ids| model.forward_with(ids, None, recurrence))?
+            time_training(s, iters, &varmap, &|ids| {
+                model.forward_with(ids, None, recurrence)
+            })?
         } else {
             let model = Baseline::new(s, vb)?;
             time_training(s, iters, &varmap, &|ids| model.forward(ids))?
@@ -218,7 +240,10 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
             Baseline::new(s, vb)?;
             crate::model::checkpoint::varmap_tensors(&varmap)
         };
-        let model = Baseline::new(s, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu))?;
+        let model = Baseline::new(
+            s,
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        )?;
         let mut states: Vec<_> = model
             .layers
             .iter()
@@ -227,7 +252,9 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
         let mut id = crate::tokenizer::START as u32;
         let t0 = Instant::now();
         for _ in 0..events {
-            let mut x = model.embedding.forward(&Tensor::new(&[id], &Device::Cpu)?)?;
+            let mut x = model
+                .embedding
+                .forward(&Tensor::new(&[id], &Device::Cpu)?)?;
             for (layer, state) in model.layers.iter().zip(states.iter_mut()) {
                 *state = layer.step(&x, state)?;
                 x = state.h().clone();

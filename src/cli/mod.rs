@@ -1,5 +1,6 @@
 //! The `echoai` command line: argument definitions and the library calls behind each command.
 
+mod audio_cmd;
 mod bench;
 mod bench_model;
 mod corpus_cmd;
@@ -21,7 +22,7 @@ use crate::tokenizer::{decode, encode};
     version,
     about = "EchoAI Studio: train neural sequence models on piano MIDI, generate, listen, export.",
     long_about = "EchoAI Studio: train neural sequence models on piano MIDI, generate, listen, export.\n\n\
-                  With no command, prints this help. Every command runs headless."
+                  With no command, opens the studio window. Every command runs headless."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -51,6 +52,35 @@ pub enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Score a checkpoint on a split of a corpus: NLL in nats/event and perplexity.
     Eval(generate_cmd::EvalArgs),
+    /// Render a MIDI file to a WAV file with the built-in piano (or a SoundFont).
+    Render {
+        input: PathBuf,
+        output: PathBuf,
+        /// An .sf2 file to play instead of the built-in piano.
+        #[arg(long)]
+        soundfont: Option<PathBuf>,
+    },
+    /// Play a MIDI file through the built-in synth, or on a MIDI output port.
+    Play {
+        input: PathBuf,
+        /// A MIDI output port (name, part of a name, or index from `echoai ports`; `virtual` opens a
+        /// port named "EchoAI Studio" that a DAW can record from).
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long)]
+        soundfont: Option<PathBuf>,
+    },
+    /// List MIDI input and output ports.
+    Ports,
+    /// Record from a MIDI input port into a MIDI file (for example a primer).
+    Record {
+        /// The input port (name, part of a name, or index).
+        #[arg(long)]
+        port: String,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        output: PathBuf,
+    },
     /// Measure the engine's speed.
     Bench {
         #[command(subcommand)]
@@ -61,17 +91,34 @@ pub enum Command {
 /// Runs one command; the error, if any, is printed by `main`.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!();
-            Ok(ExitCode::SUCCESS)
-        }
+        None => match crate::studio::run() {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Some(Command::Corpus { dir, json }) => corpus_cmd::run(&dir, json),
         Some(Command::Convert { input, output }) => convert(&input, &output),
         Some(Command::Train(args)) => train_cmd::run(args),
         Some(Command::Generate(args)) => generate_cmd::run_generate(args),
         Some(Command::Eval(args)) => generate_cmd::run_eval(args),
+        Some(Command::Render {
+            input,
+            output,
+            soundfont,
+        }) => audio_cmd::run_render(&input, &output, soundfont.as_deref()),
+        Some(Command::Play {
+            input,
+            port,
+            soundfont,
+        }) => audio_cmd::run_play(&input, port.as_deref(), soundfont.as_deref()),
+        Some(Command::Ports) => audio_cmd::run_ports(),
+        Some(Command::Record {
+            port,
+            seconds,
+            output,
+        }) => audio_cmd::run_record(&port, seconds, &output),
         Some(Command::Bench { what }) => bench::run(what),
     }
 }

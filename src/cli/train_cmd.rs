@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::corpus::Corpus;
 use crate::device::DeviceChoice;
 use crate::model::{ModelConfig, ModelKind};
-use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
+use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, format_duration, train};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -239,13 +239,4 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         &mut on_event,
     )?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn format_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
 }

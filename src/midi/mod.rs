@@ -1,10 +1,12 @@
 //! Standard MIDI Files to and from [`Performance`](crate::performance::Performance), through midly.
 
 mod error;
+mod notes;
 mod read;
 mod tempo;
 mod write;
 
 pub use error::{MidiError, MidiErrorKind};
-pub use read::{MAX_FILE_BYTES, MAX_PIECE_SECONDS, parse_midi, read_midi};
+pub use notes::{DRUM_CHANNEL, NoteTracker};
+pub use read::{MAX_FILE_BYTES, MAX_PIECE_SECONDS, parse_midi, read_midi, tempo_bpm};
 pub use write::{TICKS_PER_QUARTER, WRITE_TEMPO_US_PER_QUARTER, midi_bytes, write_midi};

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use midly::{Format, MetaMessage, MidiMessage, Smf, TrackEvent, TrackEventKind};
 
+use super::notes::NoteTracker;
 use super::tempo::TempoMap;
 use super::{MidiError, MidiErrorKind};
 use crate::performance::{Note, Performance};
@@ -14,9 +15,6 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// A note starting later than this is taken as a corrupt file (a hostile delta time could otherwise
 /// place notes years into the piece and make the tokenizer emit billions of time shifts).
 pub const MAX_PIECE_SECONDS: f64 = 6.0 * 3600.0;
-
-const DRUM_CHANNEL: u8 = 9;
-const SUSTAIN_CONTROLLER: u8 = 64;
 
 /// Reads a MIDI file from disk. The error names the file.
 pub fn read_midi(path: &Path) -> Result<Performance, MidiError> {
@@ -103,37 +101,16 @@ fn collect_notes(
     // old note's note-off at the same tick still means "release, then strike again".
     events.sort_by_key(|e| (e.tick, is_onset(&e.kind)));
     let map = TempoMap::new(smf.header.timing, tempos)?;
-    let mut channels: Vec<ChannelState> = (0..16).map(|_| ChannelState::default()).collect();
+    let mut tracker = NoteTracker::new();
     let mut last_time = offset;
     for event in &events {
         let time = offset + map.seconds(event.tick);
         last_time = time;
-        let TrackEventKind::Midi { channel, message } = event.kind else {
-            continue;
-        };
-        let channel = channel.as_int();
-        if channel == DRUM_CHANNEL {
-            continue;
-        }
-        let state = &mut channels[channel as usize];
-        match message {
-            MidiMessage::NoteOn { key, vel } if vel.as_int() > 0 => {
-                state.note_on(key.as_int(), vel.as_int(), time, notes)
-            }
-            MidiMessage::NoteOn { key, .. } | MidiMessage::NoteOff { key, .. } => {
-                state.note_off(key.as_int(), time, notes)
-            }
-            MidiMessage::Controller { controller, value }
-                if controller.as_int() == SUSTAIN_CONTROLLER =>
-            {
-                state.pedal(value.as_int() >= 64, time, notes)
-            }
-            _ => {}
+        if let TrackEventKind::Midi { channel, message } = event.kind {
+            tracker.handle(channel.as_int(), message, time);
         }
     }
-    for state in &mut channels {
-        state.end_all(last_time, notes);
-    }
+    notes.extend(tracker.finish(last_time));
     Ok(last_time)
 }
 
@@ -141,78 +118,26 @@ fn is_onset(kind: &TrackEventKind) -> bool {
     matches!(kind, TrackEventKind::Midi { message: MidiMessage::NoteOn { vel, .. }, .. } if vel.as_int() > 0)
 }
 
-/// A note that has started and not yet been written out.
-#[derive(Clone, Copy)]
-struct Sounding {
-    start: f64,
-    velocity: u8,
-    /// The key was released while the pedal was down: the note rings until the pedal lifts.
-    held_by_pedal: bool,
-}
-
-/// Per-channel key and pedal state, folding the sustain pedal into note ends as Magenta does.
-struct ChannelState {
-    sounding: [Option<Sounding>; 128],
-    pedal_down: bool,
-}
-
-impl Default for ChannelState {
-    fn default() -> Self {
-        ChannelState {
-            sounding: [None; 128],
-            pedal_down: false,
-        }
+/// The first tempo of a metrical file in quarter notes per minute (for drawing bars), if any.
+pub fn tempo_bpm(bytes: &[u8]) -> Option<f64> {
+    let smf = Smf::parse(bytes).ok()?;
+    if !matches!(smf.header.timing, midly::Timing::Metrical(_)) {
+        return None;
     }
-}
-
-impl ChannelState {
-    fn note_on(&mut self, pitch: u8, velocity: u8, time: f64, notes: &mut Vec<Note>) {
-        // A re-struck key ends the earlier note at the new onset.
-        self.finish(pitch, time, notes);
-        self.sounding[pitch as usize] = Some(Sounding {
-            start: time,
-            velocity,
-            held_by_pedal: false,
-        });
-    }
-
-    fn note_off(&mut self, pitch: u8, time: f64, notes: &mut Vec<Note>) {
-        if self.pedal_down {
-            if let Some(s) = &mut self.sounding[pitch as usize] {
-                s.held_by_pedal = true;
-            }
-        } else {
-            self.finish(pitch, time, notes);
-        }
-    }
-
-    fn pedal(&mut self, down: bool, time: f64, notes: &mut Vec<Note>) {
-        if self.pedal_down && !down {
-            for pitch in 0..128u8 {
-                if self.sounding[pitch as usize].is_some_and(|s| s.held_by_pedal) {
-                    self.finish(pitch, time, notes);
+    smf.tracks
+        .iter()
+        .flat_map(|t| {
+            let mut tick = 0u64;
+            t.iter().filter_map(move |e| {
+                tick += e.delta.as_int() as u64;
+                match e.kind {
+                    TrackEventKind::Meta(MetaMessage::Tempo(us)) if us.as_int() > 0 => {
+                        Some((tick, 60e6 / us.as_int() as f64))
+                    }
+                    _ => None,
                 }
-            }
-        }
-        self.pedal_down = down;
-    }
-
-    fn end_all(&mut self, time: f64, notes: &mut Vec<Note>) {
-        for pitch in 0..128u8 {
-            self.finish(pitch, time, notes);
-        }
-    }
-
-    fn finish(&mut self, pitch: u8, time: f64, notes: &mut Vec<Note>) {
-        if let Some(s) = self.sounding[pitch as usize].take() {
-            if time > s.start {
-                notes.push(Note {
-                    pitch,
-                    velocity: s.velocity,
-                    start: s.start,
-                    end: time,
-                });
-            }
-        }
-    }
+            })
+        })
+        .min_by_key(|(tick, _)| *tick)
+        .map(|(_, bpm)| bpm)
 }

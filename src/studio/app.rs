@@ -1,0 +1,654 @@
+//! EchoAI Studio: the window. A toolbar (files, transport, output, volume), a side panel with the
+//! Generate, Train and Library tabs, the piano roll in the centre, and a status bar. The app
+//! composes panels and talks to the engine only through jobs and messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use egui::{Key, KeyboardShortcut, Modifiers, Ui};
+use serde::{Deserialize, Serialize};
+
+use super::dialogs::{Dialogs, suggested_file_name};
+use super::document::{Document, NoteOrigin};
+use super::generate_panel::{GenerateEvent, GeneratePanel, GenerateSettings, PrimerContext};
+use super::jobs::Job;
+use super::library_panel::LibraryPanel;
+use super::outputs::{AudioOut, MidiPortOut, SynthOut};
+use super::piano_roll::{PianoRoll, RollAction};
+use super::train_panel::{TrainPanel, TrainPanelEvent, TrainSettings};
+use crate::audio::{PianoSoundFont, render_performance, write_wav};
+use crate::live_midi::{MidiIn, MidiOut, PortChoice};
+use crate::midi::{read_midi, tempo_bpm, write_midi};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Tab {
+    #[default]
+    Generate,
+    Train,
+    Library,
+}
+
+/// Everything that persists across restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StudioSettings {
+    pub generate: GenerateSettings,
+    pub train: TrainSettings,
+    pub roll: PianoRoll,
+    pub tab: Tab,
+    pub recent_files: Vec<PathBuf>,
+    pub library_folders: Vec<PathBuf>,
+    pub volume: f32,
+    pub soundfont: Option<PathBuf>,
+}
+
+impl Default for StudioSettings {
+    fn default() -> Self {
+        StudioSettings {
+            generate: GenerateSettings::default(),
+            train: TrainSettings::default(),
+            roll: PianoRoll::default(),
+            tab: Tab::Generate,
+            recent_files: Vec::new(),
+            library_folders: Vec::new(),
+            volume: 0.8,
+            soundfont: None,
+        }
+    }
+}
+
+/// The machine-facing parts, replaced by fakes in tests.
+pub struct StudioEnv {
+    pub dialogs: Box<dyn Dialogs>,
+    pub output: Box<dyn AudioOut>,
+    pub midi_out: Arc<dyn MidiOut + Send + Sync>,
+    pub midi_in: Box<dyn MidiIn>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub is_error: bool,
+}
+
+enum ExportMsg {
+    Done(PathBuf, f64),
+    Failed(String),
+}
+
+pub struct Studio {
+    env: StudioEnv,
+    pub doc: Document,
+    pub roll: PianoRoll,
+    pub generate: GeneratePanel,
+    pub train: TrainPanel,
+    pub library: LibraryPanel,
+    pub tab: Tab,
+    pub status: Status,
+    recent_files: Vec<PathBuf>,
+    volume: f32,
+    soundfont: Option<PathBuf>,
+    loaded_revision: Option<u64>,
+    fit_pending: bool,
+    export: Option<Job<ExportMsg>>,
+    roll_width: f32,
+}
+
+const DEMO_PIECE: &str = "piano/satie-gymnopedie-no1.mid";
+
+impl Studio {
+    pub fn new(env: StudioEnv, settings: StudioSettings) -> Studio {
+        let mut folders = settings.library_folders.clone();
+        let demo = crate::assets::demo_corpus_dir();
+        if !folders.contains(&demo) {
+            folders.insert(0, demo);
+        }
+        let mut studio = Studio {
+            env,
+            doc: Document::default(),
+            roll: settings.roll,
+            generate: GeneratePanel::new(settings.generate),
+            train: TrainPanel::new(settings.train),
+            library: LibraryPanel::new(&folders),
+            tab: settings.tab,
+            status: Status::default(),
+            recent_files: settings.recent_files,
+            volume: settings.volume,
+            soundfont: None,
+            loaded_revision: None,
+            fit_pending: true,
+            export: None,
+            roll_width: 800.0,
+        };
+        studio.env.output.set_volume(studio.volume);
+        if let Some(font) = settings.soundfont {
+            studio.use_soundfont(&font);
+        }
+        studio
+    }
+
+    /// Opens the last file, or the demo piece on a first start.
+    pub fn open_startup_piece(&mut self) {
+        let candidates = self
+            .recent_files
+            .first()
+            .cloned()
+            .into_iter()
+            .chain(std::iter::once(
+                crate::assets::demo_corpus_dir().join(DEMO_PIECE),
+            ));
+        for path in candidates {
+            if path.is_file() && self.open_path(&path).is_ok() {
+                return;
+            }
+        }
+    }
+
+    pub fn settings(&self) -> StudioSettings {
+        StudioSettings {
+            generate: self.generate.settings.clone(),
+            train: self.train.settings.clone(),
+            roll: self.roll.clone(),
+            tab: self.tab,
+            recent_files: self.recent_files.clone(),
+            library_folders: self.library.folders(),
+            volume: self.volume,
+            soundfont: self.soundfont.clone(),
+        }
+    }
+
+    fn say(&mut self, text: impl Into<String>) {
+        self.status = Status {
+            text: text.into(),
+            is_error: false,
+        };
+    }
+
+    fn fail(&mut self, text: impl Into<String>) {
+        self.status = Status {
+            text: text.into(),
+            is_error: true,
+        };
+    }
+
+    /// Opens a MIDI file onto the roll: the one path the dialog, drag and drop, the library and
+    /// the recent list all use.
+    pub fn open_path(&mut self, path: &Path) -> Result<(), String> {
+        match read_midi(path) {
+            Ok(perf) => {
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                let mut doc = Document::new(name.clone(), &perf, NoteOrigin::Loaded);
+                doc.path = Some(path.to_path_buf());
+                doc.tempo_bpm = std::fs::read(path).ok().and_then(|b| tempo_bpm(&b));
+                self.doc = doc;
+                self.fit_pending = true;
+                self.recent_files.retain(|p| p != path);
+                self.recent_files.insert(0, path.to_path_buf());
+                self.recent_files.truncate(10);
+                self.say(format!(
+                    "opened {name}: {} notes, {:.1} s",
+                    perf.len(),
+                    perf.end_time()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.fail(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    pub fn save_to(&mut self, path: &Path) -> Result<(), String> {
+        let perf = self.doc.performance();
+        match write_midi(&perf, path) {
+            Ok(()) => {
+                self.say(format!("saved {} notes to {}", perf.len(), path.display()));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.fail(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    fn export_wav(&mut self, ctx: Option<egui::Context>, path: PathBuf) {
+        let perf = self.doc.performance();
+        let font = self.current_font();
+        self.say(format!("rendering {}…", path.display()));
+        self.export = Some(Job::spawn(ctx, "export", move |tx, _| {
+            let result = render_performance(&perf, &font)
+                .map_err(|e| e.to_string())
+                .and_then(|audio| {
+                    write_wav(&path, &audio)
+                        .map(|_| audio.seconds())
+                        .map_err(|e| e.to_string())
+                });
+            tx.send(match result {
+                Ok(seconds) => ExportMsg::Done(path, seconds),
+                Err(e) => ExportMsg::Failed(e),
+            });
+        }));
+    }
+
+    fn current_font(&self) -> PianoSoundFont {
+        self.soundfont
+            .as_deref()
+            .and_then(|p| PianoSoundFont::from_file(p).ok())
+            .unwrap_or_else(PianoSoundFont::builtin)
+    }
+
+    fn use_soundfont(&mut self, path: &Path) {
+        match PianoSoundFont::from_file(path) {
+            Ok(font) => {
+                let name = font.name.clone();
+                self.env.output = Box::new(SynthOut::new(font));
+                self.env.output.set_volume(self.volume);
+                self.soundfont = Some(path.to_path_buf());
+                self.loaded_revision = None;
+                self.say(format!("playing through {name}"));
+            }
+            Err(e) => self.fail(format!("{e}; keeping the current sound")),
+        }
+    }
+
+    fn use_builtin_synth(&mut self) {
+        self.env.output = Box::new(SynthOut::new(PianoSoundFont::builtin()));
+        self.env.output.set_volume(self.volume);
+        self.soundfont = None;
+        self.loaded_revision = None;
+    }
+
+    fn use_midi_port(&mut self, name: String) {
+        self.env.output = Box::new(MidiPortOut::new(
+            self.env.midi_out.clone(),
+            PortChoice::Name(name.clone()),
+            name,
+        ));
+        self.loaded_revision = None;
+    }
+
+    pub fn is_playing(&self) -> bool {
+        self.env.output.is_playing()
+    }
+
+    pub fn playhead(&self) -> f64 {
+        self.env.output.playhead()
+    }
+
+    pub fn toggle_play(&mut self) {
+        self.sync_output();
+        if self.env.output.is_playing() {
+            self.env.output.pause();
+        } else if let Err(e) = self.env.output.play() {
+            self.fail(e);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.env.output.stop();
+    }
+
+    fn sync_output(&mut self) {
+        if self.loaded_revision != Some(self.doc.revision()) {
+            let position = self.env.output.playhead();
+            let playing = self.env.output.is_playing();
+            if let Err(e) = self.env.output.load(&self.doc.performance()) {
+                self.fail(e);
+            }
+            self.env.output.seek(position);
+            if playing {
+                let _ = self.env.output.play();
+            }
+            self.loaded_revision = Some(self.doc.revision());
+        }
+    }
+
+    fn show_take(&mut self, index: usize) {
+        if let Some(entry) = self.generate.takes.get(index) {
+            let mut doc = Document::from_take(
+                entry.name.clone(),
+                &entry.take.performance,
+                entry.take.primer_seconds,
+            );
+            doc.tempo_bpm = None;
+            self.doc = doc;
+            self.fit_pending = true;
+        }
+    }
+
+    fn handle_generate_events(&mut self, events: Vec<GenerateEvent>) {
+        for e in events {
+            match e {
+                GenerateEvent::ShowTake(i) => self.show_take(i),
+                GenerateEvent::Started(primer) => {
+                    self.env.output.stop();
+                    self.doc = Document::new("Generating…", &primer, NoteOrigin::Primer);
+                    self.fit_pending = true;
+                    self.say("generating…");
+                }
+                GenerateEvent::LiveNote(note) => self.doc.append(note, NoteOrigin::Generated),
+                GenerateEvent::Message(m) => self.say(m),
+                GenerateEvent::Error(m) => self.fail(m),
+            }
+        }
+    }
+
+    fn handle_train_events(&mut self, events: Vec<TrainPanelEvent>) {
+        for e in events {
+            match e {
+                TrainPanelEvent::Checkpoint(path) => {
+                    self.generate.add_checkpoint(path.clone());
+                    self.say(format!(
+                        "checkpoint {} is ready in the Generate tab",
+                        path.display()
+                    ));
+                }
+                TrainPanelEvent::Message(m) => self.say(m),
+                TrainPanelEvent::Error(m) => self.fail(m),
+            }
+        }
+    }
+
+    fn shortcuts(&mut self, ui: &mut Ui) {
+        let ctx = ui.ctx().clone();
+        let typing = ctx.egui_wants_keyboard_input();
+        let shortcut = |m: Modifiers, k: Key| {
+            ctx.input_mut(|i| i.consume_shortcut(&KeyboardShortcut::new(m, k)))
+        };
+        if shortcut(Modifiers::COMMAND, Key::O) {
+            if let Some(p) = self.env.dialogs.open_midi() {
+                let _ = self.open_path(&p);
+            }
+        }
+        if shortcut(Modifiers::COMMAND, Key::S) {
+            self.save_dialog();
+        }
+        if shortcut(Modifiers::COMMAND, Key::G) {
+            self.generate.request_generate();
+            self.tab = Tab::Generate;
+        }
+        if shortcut(Modifiers::COMMAND, Key::Z) && self.doc.undo() {
+            self.say("undone");
+        }
+        if shortcut(Modifiers::COMMAND, Key::A) {
+            self.doc.select_all();
+        }
+        if typing {
+            return;
+        }
+        if shortcut(Modifiers::NONE, Key::Space) {
+            self.toggle_play();
+        }
+        if shortcut(Modifiers::NONE, Key::Home) {
+            self.env.output.seek(0.0);
+            self.roll.view_start = 0.0;
+        }
+        if shortcut(Modifiers::NONE, Key::Delete) || shortcut(Modifiers::NONE, Key::Backspace) {
+            let n = self.doc.delete_selected();
+            if n > 0 {
+                self.say(format!("deleted {n} notes (Ctrl+Z to undo)"));
+            }
+        }
+        if shortcut(Modifiers::NONE, Key::Plus) || shortcut(Modifiers::NONE, Key::Equals) {
+            let anchor = self.roll.view_start;
+            self.roll.zoom_time(1.25, anchor);
+        }
+        if shortcut(Modifiers::NONE, Key::Minus) {
+            let anchor = self.roll.view_start;
+            self.roll.zoom_time(0.8, anchor);
+        }
+    }
+
+    fn save_dialog(&mut self) {
+        if let Some(p) = self
+            .env
+            .dialogs
+            .save_midi(&suggested_file_name(&self.doc.name, "mid"))
+        {
+            let _ = self.save_to(&p);
+        }
+    }
+
+    fn toolbar(&mut self, ui: &mut Ui) {
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("📂 Open MIDI").on_hover_text("Ctrl+O").clicked() {
+                if let Some(p) = self.env.dialogs.open_midi() {
+                    let _ = self.open_path(&p);
+                }
+            }
+            if ui
+                .add_enabled(!self.doc.is_empty(), egui::Button::new("💾 Save MIDI"))
+                .on_hover_text("Ctrl+S")
+                .clicked()
+            {
+                self.save_dialog();
+            }
+            if ui
+                .add_enabled(
+                    !self.doc.is_empty() && self.export.is_none(),
+                    egui::Button::new("🔊 Export WAV"),
+                )
+                .clicked()
+            {
+                if let Some(p) = self
+                    .env
+                    .dialogs
+                    .save_wav(&suggested_file_name(&self.doc.name, "wav"))
+                {
+                    self.export_wav(Some(ui.ctx().clone()), p);
+                }
+            }
+            ui.separator();
+            let playing = self.env.output.is_playing();
+            if ui
+                .button(if playing { "⏸ Pause" } else { "▶ Play" })
+                .on_hover_text("Space")
+                .clicked()
+            {
+                self.toggle_play();
+            }
+            if ui.button("⏹ Stop").clicked() {
+                self.stop();
+            }
+            let t = self.env.output.playhead();
+            ui.monospace(format!(
+                "{}:{:05.2} / {}:{:05.2}",
+                (t / 60.0) as u32,
+                t % 60.0,
+                (self.doc.end_time() / 60.0) as u32,
+                self.doc.end_time() % 60.0
+            ));
+            ui.separator();
+            let current = self.env.output.name();
+            egui::ComboBox::from_id_salt("output")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
+                    if ui.selectable_label(false, "Built-in piano").clicked() {
+                        self.use_builtin_synth();
+                    }
+                    if ui.selectable_label(false, "SoundFont (.sf2)…").clicked() {
+                        if let Some(p) = self.env.dialogs.open_soundfont() {
+                            self.use_soundfont(&p);
+                        }
+                    }
+                    match self.env.midi_out.ports() {
+                        Ok(ports) => {
+                            for port in ports {
+                                if ui
+                                    .selectable_label(false, format!("MIDI: {port}"))
+                                    .clicked()
+                                {
+                                    self.use_midi_port(port);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            ui.label(format!("MIDI outputs: {e}"));
+                        }
+                    }
+                });
+            let mut volume = self.volume;
+            if ui
+                .add(
+                    egui::Slider::new(&mut volume, 0.0..=1.0)
+                        .text("volume")
+                        .show_value(false),
+                )
+                .changed()
+            {
+                self.volume = volume;
+                self.env.output.set_volume(volume);
+            }
+            ui.separator();
+            if ui
+                .button("Fit")
+                .on_hover_text("Show the whole piece")
+                .clicked()
+            {
+                self.fit_pending = true;
+            }
+            ui.checkbox(&mut self.roll.follow_playhead, "Follow");
+            if ui.button("🔍+").on_hover_text("Taller keys").clicked() {
+                self.roll.zoom_pitch(1.2);
+            }
+            if ui.button("🔍−").on_hover_text("Shorter keys").clicked() {
+                self.roll.zoom_pitch(1.0 / 1.2);
+            }
+        });
+    }
+
+    fn status_bar(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            if self.generate.is_generating() {
+                ui.spinner();
+                ui.label("generating");
+            }
+            if self.train.is_training() {
+                ui.spinner();
+                ui.label("training");
+            }
+            if self.export.is_some() {
+                ui.spinner();
+                ui.label("exporting");
+            }
+            let color = if self.status.is_error {
+                ui.visuals().error_fg_color
+            } else {
+                ui.visuals().text_color()
+            };
+            ui.colored_label(color, &self.status.text);
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                ui.label(format!(
+                    "{} · {} notes · {} selected",
+                    self.doc.name,
+                    self.doc.len(),
+                    self.doc.selection_count()
+                ));
+            });
+        });
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui) {
+        let ctx = ui.ctx().clone();
+        let events = self.generate.poll();
+        self.handle_generate_events(events);
+        let events = self.train.poll();
+        self.handle_train_events(events);
+        if let Some(job) = &mut self.export {
+            let messages = job.poll();
+            let finished = job.is_finished();
+            for m in messages {
+                match m {
+                    ExportMsg::Done(p, s) => {
+                        self.say(format!("exported {s:.1} s of audio to {}", p.display()))
+                    }
+                    ExportMsg::Failed(e) => self.fail(e),
+                }
+            }
+            if finished {
+                self.export = None;
+            }
+        }
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        if let Some(p) = dropped.first() {
+            let _ = self.open_path(p);
+        }
+        self.shortcuts(ui);
+
+        egui::Panel::top("toolbar").show(ui, |ui| self.toolbar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::Panel::left("side")
+            .default_size(330.0)
+            .resizable(true)
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.selectable_value(&mut self.tab, Tab::Generate, "Generate");
+                    ui.selectable_value(&mut self.tab, Tab::Train, "Train");
+                    ui.selectable_value(&mut self.tab, Tab::Library, "Library");
+                });
+                ui.separator();
+                egui::ScrollArea::vertical()
+                    .id_salt("side-scroll")
+                    .show(ui, |ui| match self.tab {
+                        Tab::Generate => {
+                            let context = PrimerContext {
+                                selection: self.doc.selected_performance(),
+                                piece: self.doc.performance(),
+                            };
+                            let events = self.generate.ui(
+                                ui,
+                                self.env.dialogs.as_ref(),
+                                self.env.midi_in.as_ref(),
+                                &context,
+                            );
+                            self.handle_generate_events(events);
+                        }
+                        Tab::Train => {
+                            let events = self.train.ui(ui, self.env.dialogs.as_ref());
+                            self.handle_train_events(events);
+                        }
+                        Tab::Library => {
+                            if let Some(p) = self.library.ui(ui, self.env.dialogs.as_ref()) {
+                                let _ = self.open_path(&p);
+                            }
+                        }
+                    });
+            });
+        egui::CentralPanel::default().show(ui, |ui| {
+            self.roll_width = ui.available_width();
+            if std::mem::take(&mut self.fit_pending) {
+                self.roll.fit(&self.doc, ui.available_size());
+            }
+            self.sync_output();
+            let playing = self.env.output.is_playing();
+            let playhead = self.env.output.playhead();
+            if playing && self.roll.follow_playhead {
+                self.roll.follow(playhead, self.roll_width);
+            }
+            let show_playhead = playing || playhead > 0.0;
+            if let Some(RollAction::Seek(t)) =
+                self.roll
+                    .ui(ui, &mut self.doc, show_playhead.then_some(playhead))
+            {
+                self.env.output.seek(t);
+            }
+            if playing {
+                ctx.request_repaint();
+            }
+        });
+    }
+}

@@ -1,0 +1,588 @@
+//! The Generate tab: checkpoint picker, primer, sampling settings, Generate / Cancel, and the take
+//! list. Generation runs as a job; notes stream onto the roll as they come.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use egui::Ui;
+use serde::{Deserialize, Serialize};
+
+use super::dialogs::Dialogs;
+use super::jobs::Job;
+use crate::device::DeviceChoice;
+use crate::generate::{GenerateConfig, Take, generate};
+use crate::live_midi::{MidiIn, MidiRecorder, PortChoice};
+use crate::model::MusicModel;
+use crate::model::checkpoint::{self, load_for_inference};
+use crate::performance::{Note, Performance};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrimerKind {
+    None,
+    Selection,
+    FirstSeconds,
+    File,
+    Recorded,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerateSettings {
+    pub checkpoint: Option<PathBuf>,
+    pub recent_checkpoints: Vec<PathBuf>,
+    pub primer: PrimerKind,
+    pub primer_seconds: f64,
+    pub primer_file: Option<PathBuf>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub seconds: f64,
+    pub seed: u64,
+    pub variations: usize,
+}
+
+impl Default for GenerateSettings {
+    fn default() -> Self {
+        GenerateSettings {
+            checkpoint: None,
+            recent_checkpoints: Vec::new(),
+            primer: PrimerKind::None,
+            primer_seconds: 8.0,
+            primer_file: None,
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 0,
+            seconds: 30.0,
+            seed: 1,
+            variations: 1,
+        }
+    }
+}
+
+/// One result in the take list.
+#[derive(Clone, Debug)]
+pub struct TakeEntry {
+    pub name: String,
+    pub model: String,
+    pub settings: String,
+    pub seed: u64,
+    pub take: Take,
+}
+
+pub enum GenMsg {
+    Model(PathBuf, Arc<MusicModel>),
+    Note(usize, Note),
+    Done(Vec<Take>),
+    Failed(String),
+}
+
+/// What the panel asks the app to do.
+pub enum GenerateEvent {
+    /// Show this take on the roll.
+    ShowTake(usize),
+    /// A note of the first variation, while generating.
+    LiveNote(Note),
+    /// Generation started: clear the roll for the new take (the primer stays).
+    Started(Performance),
+    Message(String),
+    Error(String),
+}
+
+/// What the panel reads from the rest of the studio when Generate is pressed.
+pub struct PrimerContext {
+    pub selection: Performance,
+    pub piece: Performance,
+}
+
+/// A recording in progress: the notes so far and the open input connection.
+type Recording = (Arc<Mutex<MidiRecorder>>, Box<dyn Send>);
+
+#[derive(Default)]
+pub struct GeneratePanel {
+    pub settings: GenerateSettings,
+    pub takes: Vec<TakeEntry>,
+    pub current_take: Option<usize>,
+    job: Option<Job<GenMsg>>,
+    job_seconds: f64,
+    progress_seconds: f64,
+    model_cache: Option<(PathBuf, Arc<MusicModel>)>,
+    recording: Option<Recording>,
+    recorded: Option<Performance>,
+    input_port: String,
+    pending_generate: bool,
+}
+
+/// The bundled checkpoints, attention model first.
+pub fn bundled_checkpoints() -> Vec<PathBuf> {
+    let root = crate::assets::assets_dir().join("models");
+    ["lstm-attention", "lstm"]
+        .iter()
+        .map(|k| root.join(k))
+        .filter(|p| checkpoint::is_checkpoint(p))
+        .collect()
+}
+
+fn describe_checkpoint(path: &Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match checkpoint::read_meta(path) {
+        Ok(meta) => format!("{name} ({}, step {})", meta.model.kind, meta.step),
+        Err(_) => format!("{name} (unreadable)"),
+    }
+}
+
+impl GeneratePanel {
+    pub fn new(settings: GenerateSettings) -> Self {
+        let mut panel = GeneratePanel {
+            settings,
+            ..Default::default()
+        };
+        if panel.settings.checkpoint.is_none() {
+            panel.settings.checkpoint = bundled_checkpoints().into_iter().next();
+        }
+        panel
+    }
+
+    pub fn is_generating(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// Adds a checkpoint (a finished training run) to the picker and selects it.
+    pub fn add_checkpoint(&mut self, path: PathBuf) {
+        self.settings.recent_checkpoints.retain(|p| p != &path);
+        self.settings.recent_checkpoints.insert(0, path.clone());
+        self.settings.recent_checkpoints.truncate(10);
+        self.settings.checkpoint = Some(path);
+    }
+
+    /// Every checkpoint the picker offers: the bundled ones, then recent ones.
+    pub fn checkpoints(&self) -> Vec<PathBuf> {
+        checkpoint_choices(&self.settings.recent_checkpoints)
+    }
+
+    /// Asks for a generation on the next frame (Ctrl+G, the button).
+    pub fn request_generate(&mut self) {
+        self.pending_generate = true;
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(job) = &self.job {
+            job.cancel();
+        }
+    }
+
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        dialogs: &dyn Dialogs,
+        midi_in: &dyn MidiIn,
+        context: &PrimerContext,
+    ) -> Vec<GenerateEvent> {
+        let mut events = Vec::new();
+        let s = &mut self.settings;
+        ui.heading("Model");
+        let current = s.checkpoint.clone();
+        egui::ComboBox::from_id_salt("checkpoint")
+            .width(ui.available_width() - 10.0)
+            .selected_text(
+                current
+                    .as_deref()
+                    .map_or("Choose a checkpoint".into(), describe_checkpoint),
+            )
+            .show_ui(ui, |ui| {
+                for path in checkpoint_choices(&s.recent_checkpoints) {
+                    let label = describe_checkpoint(&path);
+                    ui.selectable_value(&mut s.checkpoint, Some(path), label);
+                }
+            });
+        if ui.button("Open checkpoint folder…").clicked() {
+            if let Some(path) = dialogs.pick_folder("Choose a checkpoint folder") {
+                if checkpoint::is_checkpoint(&path) {
+                    self.add_checkpoint(path);
+                } else {
+                    events.push(GenerateEvent::Error(format!(
+                        "{} is not a checkpoint (no config.json)",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let s = &mut self.settings;
+
+        ui.separator();
+        ui.heading("Primer");
+        egui::ComboBox::from_id_salt("primer")
+            .selected_text(match s.primer {
+                PrimerKind::None => "None (start from silence)",
+                PrimerKind::Selection => "The selected notes",
+                PrimerKind::FirstSeconds => "The first seconds of the piece",
+                PrimerKind::File => "A MIDI file",
+                PrimerKind::Recorded => "Recorded from a MIDI keyboard",
+            })
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut s.primer, PrimerKind::None, "None (start from silence)");
+                ui.selectable_value(&mut s.primer, PrimerKind::Selection, "The selected notes");
+                ui.selectable_value(
+                    &mut s.primer,
+                    PrimerKind::FirstSeconds,
+                    "The first seconds of the piece",
+                );
+                ui.selectable_value(&mut s.primer, PrimerKind::File, "A MIDI file");
+                ui.selectable_value(
+                    &mut s.primer,
+                    PrimerKind::Recorded,
+                    "Recorded from a MIDI keyboard",
+                );
+            });
+        match s.primer {
+            PrimerKind::FirstSeconds | PrimerKind::File => {
+                ui.add(egui::Slider::new(&mut s.primer_seconds, 1.0..=60.0).text("primer seconds"));
+            }
+            _ => {}
+        }
+        if s.primer == PrimerKind::File {
+            ui.horizontal(|ui| {
+                let name = s
+                    .primer_file
+                    .as_deref()
+                    .and_then(|p| p.file_name())
+                    .map_or("no file".into(), |n| n.to_string_lossy().into_owned());
+                ui.label(name);
+                if ui.button("Choose…").clicked() {
+                    if let Some(p) = dialogs.open_midi() {
+                        s.primer_file = Some(p);
+                    }
+                }
+            });
+        }
+        if s.primer == PrimerKind::Recorded {
+            self.recording_ui(ui, midi_in, &mut events);
+        }
+        let s = &mut self.settings;
+
+        ui.separator();
+        ui.heading("Sampling");
+        ui.add(egui::Slider::new(&mut s.temperature, 0.1..=2.0).text("temperature"));
+        ui.add(egui::Slider::new(&mut s.top_p, 0.1..=1.0).text("top-p"));
+        ui.add(egui::Slider::new(&mut s.top_k, 0..=100).text("top-k (0 = off)"));
+        ui.add(
+            egui::Slider::new(&mut s.seconds, 2.0..=300.0)
+                .logarithmic(true)
+                .text("length (s)"),
+        );
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut s.seed).prefix("seed "));
+            if ui.button("🎲").on_hover_text("A random seed").clicked() {
+                s.seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(7, |d| d.as_nanos() as u64 % 1_000_000);
+            }
+        });
+        ui.add(egui::Slider::new(&mut s.variations, 1..=8).text("variations"));
+
+        ui.horizontal(|ui| {
+            let generating = self.job.is_some();
+            if ui
+                .add_enabled(!generating, egui::Button::new("Generate  (Ctrl+G)"))
+                .clicked()
+            {
+                self.pending_generate = true;
+            }
+            if ui
+                .add_enabled(generating, egui::Button::new("Cancel"))
+                .clicked()
+            {
+                self.cancel();
+            }
+        });
+        if self.job.is_some() {
+            let fraction =
+                (self.progress_seconds / self.job_seconds.max(1e-9)).clamp(0.0, 1.0) as f32;
+            ui.add(egui::ProgressBar::new(fraction).text(format!(
+                "{:.0} / {:.0} s",
+                self.progress_seconds, self.job_seconds
+            )));
+        }
+        if std::mem::take(&mut self.pending_generate) && self.job.is_none() {
+            match self.start(ui.ctx().clone(), context) {
+                Ok(primer) => events.push(GenerateEvent::Started(primer)),
+                Err(e) => events.push(GenerateEvent::Error(e)),
+            }
+        }
+
+        ui.separator();
+        ui.heading("Takes");
+        if self.takes.is_empty() {
+            ui.label("Generated pieces appear here.");
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("takes")
+            .max_height(220.0)
+            .show(ui, |ui| {
+                for (i, t) in self.takes.iter().enumerate().rev() {
+                    let selected = self.current_take == Some(i);
+                    let r = ui
+                        .selectable_label(selected, format!("{}  ·  {}", t.name, t.model))
+                        .on_hover_text(format!("{}\nseed {}", t.settings, t.seed));
+                    if r.clicked() {
+                        self.current_take = Some(i);
+                        events.push(GenerateEvent::ShowTake(i));
+                    }
+                }
+            });
+        events
+    }
+
+    fn recording_ui(&mut self, ui: &mut Ui, midi_in: &dyn MidiIn, events: &mut Vec<GenerateEvent>) {
+        let ports = midi_in.ports();
+        match &ports {
+            Err(e) => {
+                ui.colored_label(ui.visuals().warn_fg_color, e.to_string());
+            }
+            Ok(names) if names.is_empty() => {
+                ui.label("No MIDI input ports.");
+            }
+            Ok(names) => {
+                egui::ComboBox::from_id_salt("input-port")
+                    .selected_text(if self.input_port.is_empty() {
+                        "Choose an input"
+                    } else {
+                        &self.input_port
+                    })
+                    .show_ui(ui, |ui| {
+                        for n in names {
+                            ui.selectable_value(&mut self.input_port, n.clone(), n);
+                        }
+                    });
+            }
+        }
+        ui.horizontal(|ui| {
+            if self.recording.is_none() {
+                if ui
+                    .add_enabled(!self.input_port.is_empty(), egui::Button::new("⏺ Record"))
+                    .clicked()
+                {
+                    let recorder = Arc::new(Mutex::new(MidiRecorder::new()));
+                    let sink = recorder.clone();
+                    match midi_in.listen(
+                        &PortChoice::Name(self.input_port.clone()),
+                        Box::new(move |micros, bytes| {
+                            if let Ok(mut r) = sink.lock() {
+                                r.push(micros, bytes);
+                            }
+                        }),
+                    ) {
+                        Ok(conn) => self.recording = Some((recorder, conn)),
+                        Err(e) => events.push(GenerateEvent::Error(e.to_string())),
+                    }
+                }
+            } else if ui.button("⏹ Stop recording").clicked() {
+                if let Some((recorder, conn)) = self.recording.take() {
+                    drop(conn);
+                    let perf = recorder
+                        .lock()
+                        .map(|mut r| std::mem::take(&mut *r).finish())
+                        .unwrap_or_default();
+                    events.push(GenerateEvent::Message(format!(
+                        "recorded {} notes as the primer",
+                        perf.len()
+                    )));
+                    self.recorded = Some(perf);
+                }
+            }
+            if let Some((recorder, _)) = &self.recording {
+                let n = recorder.lock().map(|r| r.notes_so_far()).unwrap_or(0);
+                ui.label(format!("recording… {n} notes"));
+            } else if let Some(p) = &self.recorded {
+                ui.label(format!("{} notes recorded", p.len()));
+            }
+        });
+    }
+
+    fn primer(&self, context: &PrimerContext) -> Result<Option<Performance>, String> {
+        let s = &self.settings;
+        Ok(match s.primer {
+            PrimerKind::None => None,
+            PrimerKind::Selection => {
+                if context.selection.is_empty() {
+                    return Err("select some notes on the roll to use them as the primer".into());
+                }
+                let start = context
+                    .selection
+                    .notes
+                    .iter()
+                    .map(|n| n.start)
+                    .fold(f64::MAX, f64::min);
+                Some(Performance::from_notes(
+                    context
+                        .selection
+                        .notes
+                        .iter()
+                        .map(|n| Note {
+                            start: n.start - start,
+                            end: n.end - start,
+                            ..*n
+                        })
+                        .collect(),
+                ))
+            }
+            PrimerKind::FirstSeconds => Some(context.piece.first_seconds(s.primer_seconds)),
+            PrimerKind::File => {
+                let path = s
+                    .primer_file
+                    .as_deref()
+                    .ok_or("choose a MIDI file for the primer")?;
+                Some(
+                    crate::midi::read_midi(path)
+                        .map_err(|e| e.to_string())?
+                        .first_seconds(s.primer_seconds),
+                )
+            }
+            PrimerKind::Recorded => Some(self.recorded.clone().ok_or("record a primer first")?),
+        })
+    }
+
+    fn start(
+        &mut self,
+        ctx: egui::Context,
+        context: &PrimerContext,
+    ) -> Result<Performance, String> {
+        let path = self
+            .settings
+            .checkpoint
+            .clone()
+            .ok_or("choose a checkpoint first (or train one in the Train tab)")?;
+        let primer = self.primer(context)?;
+        let s = &self.settings;
+        let config = GenerateConfig {
+            temperature: s.temperature,
+            top_k: (s.top_k > 0).then_some(s.top_k),
+            top_p: (s.top_p < 1.0).then_some(s.top_p),
+            max_seconds: s.seconds,
+            max_events: (s.seconds * 200.0).max(1000.0) as usize,
+            seed: s.seed,
+            variations: s.variations,
+        };
+        config.validate()?;
+        let cached = self
+            .model_cache
+            .clone()
+            .filter(|(p, _)| p == &path)
+            .map(|(_, m)| m);
+        self.job_seconds = s.seconds;
+        self.progress_seconds = 0.0;
+        let primer_for_job = primer.clone();
+        self.job = Some(Job::spawn(Some(ctx), "generate", move |tx, cancel| {
+            let model = match cached {
+                Some(m) => m,
+                None => match DeviceChoice::Cpu
+                    .open()
+                    .and_then(|d| load_for_inference(&path, &d).map_err(|e| e.to_string()))
+                {
+                    Ok((m, _)) => {
+                        let m = Arc::new(m);
+                        tx.send(GenMsg::Model(path.clone(), m.clone()));
+                        m
+                    }
+                    Err(e) => {
+                        tx.send(GenMsg::Failed(e));
+                        return;
+                    }
+                },
+            };
+            let mut on_event = |p: crate::generate::Progress| {
+                if let Some(note) = p.note {
+                    tx.send(GenMsg::Note(p.variation, note));
+                }
+            };
+            match generate(
+                &model,
+                primer_for_job.as_ref(),
+                &config,
+                &cancel,
+                &mut on_event,
+            ) {
+                Ok(takes) => tx.send(GenMsg::Done(takes)),
+                Err(e) => tx.send(GenMsg::Failed(e.to_string())),
+            };
+        }));
+        Ok(primer.unwrap_or_default())
+    }
+
+    /// Collects the job's messages; call every frame.
+    pub fn poll(&mut self) -> Vec<GenerateEvent> {
+        let mut events = Vec::new();
+        let Some(job) = &mut self.job else {
+            return events;
+        };
+        for message in job.poll() {
+            match message {
+                GenMsg::Model(path, model) => self.model_cache = Some((path, model)),
+                GenMsg::Note(variation, note) => {
+                    if variation == 0 {
+                        self.progress_seconds = self.progress_seconds.max(note.end);
+                        events.push(GenerateEvent::LiveNote(note));
+                    }
+                }
+                GenMsg::Done(takes) => {
+                    let s = &self.settings;
+                    let model = s
+                        .checkpoint
+                        .as_deref()
+                        .map_or("?".into(), describe_checkpoint);
+                    let first_new = self.takes.len();
+                    for (v, take) in takes.into_iter().enumerate() {
+                        let n = self.takes.len() + 1;
+                        self.takes.push(TakeEntry {
+                            name: format!("Take {n}"),
+                            model: model.clone(),
+                            settings: format!(
+                                "temperature {:.2}, top-p {:.2}, top-k {}, {:.0} s, variation {}",
+                                s.temperature,
+                                s.top_p,
+                                s.top_k,
+                                s.seconds,
+                                v + 1
+                            ),
+                            seed: s.seed,
+                            take,
+                        });
+                    }
+                    self.current_take = Some(first_new);
+                    events.push(GenerateEvent::ShowTake(first_new));
+                    events.push(GenerateEvent::Message(format!(
+                        "generated {} take(s)",
+                        self.takes.len() - first_new
+                    )));
+                    self.job = None;
+                    return events;
+                }
+                GenMsg::Failed(e) => {
+                    let cancelled = e == "cancelled";
+                    events.push(if cancelled {
+                        GenerateEvent::Message("generation cancelled".into())
+                    } else {
+                        GenerateEvent::Error(format!("generation failed: {e}"))
+                    });
+                    self.job = None;
+                    return events;
+                }
+            }
+        }
+        if job.is_finished() {
+            self.job = None;
+        }
+        events
+    }
+}
+
+fn checkpoint_choices(recent: &[PathBuf]) -> Vec<PathBuf> {
+    let mut all = bundled_checkpoints();
+    for p in recent {
+        if !all.contains(p) {
+            all.push(p.clone());
+        }
+    }
+    all
+}

@@ -1,0 +1,73 @@
+//! Background work for the studio: each job runs on its own thread, reports typed messages over
+//! a channel, asks the UI to repaint after each, and can be cancelled. The UI polls; it never waits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+pub struct JobSender<M> {
+    tx: Sender<M>,
+    ctx: Option<egui::Context>,
+}
+
+impl<M> JobSender<M> {
+    /// Sends a message and wakes the UI; false once the UI has dropped the job.
+    pub fn send(&self, message: M) -> bool {
+        let sent = self.tx.send(message).is_ok();
+        if let Some(ctx) = &self.ctx {
+            ctx.request_repaint();
+        }
+        sent
+    }
+}
+
+pub struct Job<M> {
+    rx: Receiver<M>,
+    cancel: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl<M: Send + 'static> Job<M> {
+    pub fn spawn(
+        ctx: Option<egui::Context>,
+        name: &str,
+        work: impl FnOnce(JobSender<M>, Arc<AtomicBool>) + Send + 'static,
+    ) -> Job<M> {
+        let (tx, rx) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let sender = JobSender { tx, ctx };
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(sender, flag));
+        Job {
+            rx,
+            cancel,
+            finished: spawned.is_err(),
+        }
+    }
+
+    /// Messages that arrived since the last poll; marks the job finished when its thread is gone.
+    pub fn poll(&mut self) -> Vec<M> {
+        let mut out = Vec::new();
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => out.push(m),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.finished = true;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+}

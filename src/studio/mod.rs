@@ -1,0 +1,68 @@
+//! The studio: an eframe app over the engine. Nothing outside this module imports it.
+
+mod app;
+pub mod dialogs;
+pub mod document;
+pub mod generate_panel;
+mod jobs;
+pub mod library_panel;
+pub mod outputs;
+pub mod piano_roll;
+pub mod train_panel;
+
+use std::sync::Arc;
+
+pub use app::{Status, Studio, StudioEnv, StudioSettings, Tab};
+
+use crate::audio::PianoSoundFont;
+use crate::live_midi::{MidirIn, MidirOut};
+
+/// The real machine: rfd dialogs, the built-in synth, midir ports.
+pub fn system_env() -> StudioEnv {
+    StudioEnv {
+        dialogs: Box::new(dialogs::RfdDialogs),
+        output: Box::new(outputs::SynthOut::new(PianoSoundFont::builtin())),
+        midi_out: Arc::new(MidirOut),
+        midi_in: Box::new(MidirIn),
+    }
+}
+
+struct StudioApp {
+    studio: Studio,
+}
+
+impl eframe::App for StudioApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.studio.ui(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.studio.settings());
+    }
+}
+
+/// Opens the studio window; returns when it is closed.
+pub fn run() -> Result<(), String> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("EchoAI Studio")
+            .with_inner_size([1400.0, 860.0])
+            .with_min_inner_size([800.0, 500.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "EchoAI Studio",
+        options,
+        Box::new(|cc| {
+            let settings: StudioSettings = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .unwrap_or_default();
+            let mut studio = Studio::new(system_env(), settings);
+            studio.open_startup_piece();
+            Ok(Box::new(StudioApp { studio }))
+        }),
+    )
+    .map_err(|e| format!("cannot open the studio window: {e}. On a machine without a display, use the `echoai` commands (see `echoai --help`)."))
+}

@@ -1,0 +1,498 @@
+//! The Train tab: a data folder (scanned with progress, summary and failures), the model and
+//! schedule, device, Start / Pause / Stop / Checkpoint now, a live loss plot, throughput and ETA,
+//! and resuming a checkpoint. Scanning and training run as jobs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use egui::Ui;
+use egui_plot::{Legend, Line, Plot, Points};
+use serde::{Deserialize, Serialize};
+
+use super::dialogs::Dialogs;
+use super::jobs::Job;
+use crate::corpus::{Corpus, CorpusSummary};
+use crate::device::DeviceChoice;
+use crate::model::{ModelConfig, ModelKind};
+use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub data_dir: Option<PathBuf>,
+    pub out_dir: Option<PathBuf>,
+    pub kind: ModelKind,
+    pub embed: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub window: usize,
+    pub heads: usize,
+    pub dropout: f64,
+    pub steps: u64,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f64,
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            data_dir: None,
+            out_dir: None,
+            kind: ModelKind::LstmAttention,
+            embed: 128,
+            hidden: 256,
+            layers: 2,
+            window: 64,
+            heads: 4,
+            dropout: 0.1,
+            steps: 2000,
+            batch: 16,
+            seq: 256,
+            lr: 1e-3,
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+enum ScanMsg {
+    Progress(usize, usize),
+    Done(Arc<Corpus>),
+    Failed(String),
+}
+
+enum TrainMsg {
+    Event(TrainEvent),
+}
+
+pub enum TrainPanelEvent {
+    /// A run finished or stopped with a checkpoint here.
+    Checkpoint(PathBuf),
+    Message(String),
+    Error(String),
+}
+
+#[derive(Default)]
+pub struct TrainPanel {
+    pub settings: TrainSettings,
+    scan: Option<Job<ScanMsg>>,
+    scan_progress: (usize, usize),
+    pub corpus: Option<Arc<Corpus>>,
+    run: Option<(Job<TrainMsg>, TrainControl)>,
+    paused: bool,
+    pub losses: Vec<[f64; 2]>,
+    pub validations: Vec<[f64; 2]>,
+    tokens_per_s: f64,
+    eta_s: f64,
+    started: Option<Instant>,
+    step: u64,
+    total_steps: u64,
+    resume: bool,
+}
+
+fn default_out_dir(kind: ModelKind) -> PathBuf {
+    let base = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    base.join("echoai-runs")
+        .join(format!("{}-{stamp}", kind.name()))
+}
+
+impl TrainPanel {
+    pub fn new(settings: TrainSettings) -> Self {
+        TrainPanel {
+            settings,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.run.is_some()
+    }
+
+    pub fn is_scanning(&self) -> bool {
+        self.scan.is_some()
+    }
+
+    /// Starts scanning `dir` in the background.
+    pub fn scan(&mut self, ctx: Option<egui::Context>, dir: PathBuf) {
+        self.settings.data_dir = Some(dir.clone());
+        self.corpus = None;
+        self.scan_progress = (0, 0);
+        self.scan = Some(Job::spawn(ctx, "scan", move |tx, _cancel| {
+            let progress = |done, total| {
+                tx.send(ScanMsg::Progress(done, total));
+            };
+            match Corpus::load(&dir, &progress) {
+                Ok(c) if c.summary.files_ok == 0 => {
+                    tx.send(ScanMsg::Failed(format!(
+                        "no MIDI file in {} could be read",
+                        dir.display()
+                    )));
+                }
+                Ok(c) => {
+                    tx.send(ScanMsg::Done(Arc::new(c)));
+                }
+                Err(e) => {
+                    tx.send(ScanMsg::Failed(e.to_string()));
+                }
+            }
+        }));
+    }
+
+    fn config(&self) -> TrainConfig {
+        let s = &self.settings;
+        TrainConfig {
+            model: ModelConfig {
+                kind: s.kind,
+                embed: s.embed,
+                hidden: s.hidden,
+                layers: s.layers,
+                window: s.window,
+                heads: s.heads,
+                dropout: s.dropout,
+                ..ModelConfig::default()
+            },
+            steps: s.steps,
+            batch: s.batch,
+            seq_len: s.seq,
+            lr: s.lr,
+            warmup: (s.steps / 10).min(200),
+            validate_every: (s.steps / 20).clamp(1, 200),
+            checkpoint_every: (s.steps / 10).clamp(1, 500),
+            device: s.device,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// Starts (or with `resume`, continues) a run on the scanned corpus.
+    pub fn start(&mut self, ctx: Option<egui::Context>) -> Result<(), String> {
+        let corpus = self
+            .corpus
+            .clone()
+            .ok_or("choose and scan a data folder first")?;
+        let out = match &self.settings.out_dir {
+            Some(p) if self.resume => p.clone(),
+            _ => default_out_dir(self.settings.kind),
+        };
+        self.settings.out_dir = Some(out.clone());
+        let config = self.config();
+        config.model.validate()?;
+        let control = TrainControl::default();
+        let job_control = control.clone();
+        let resume = std::mem::take(&mut self.resume);
+        if !resume {
+            self.losses.clear();
+            self.validations.clear();
+        }
+        self.started = Some(Instant::now());
+        self.paused = false;
+        let job = Job::spawn(ctx, "train", move |tx, _cancel| {
+            let data = TrainData::from_corpus(&corpus);
+            let mut on_event = |e: TrainEvent| {
+                tx.send(TrainMsg::Event(e));
+            };
+            // Failures arrive as a `Failed` event too.
+            let _ = train(&data, &config, &out, resume, &job_control, &mut on_event);
+        });
+        self.run = Some((job, control));
+        Ok(())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some((_, control)) = &self.run {
+            control.request_stop();
+        }
+    }
+
+    pub fn poll(&mut self) -> Vec<TrainPanelEvent> {
+        let mut events = Vec::new();
+        if let Some(scan) = &mut self.scan {
+            for m in scan.poll() {
+                match m {
+                    ScanMsg::Progress(d, t) => self.scan_progress = (d, t),
+                    ScanMsg::Done(c) => {
+                        events.push(TrainPanelEvent::Message(format!(
+                            "{}: {} files, {:.1} h",
+                            c.root.display(),
+                            c.summary.files_ok,
+                            c.summary.seconds / 3600.0
+                        )));
+                        self.corpus = Some(c);
+                    }
+                    ScanMsg::Failed(e) => events.push(TrainPanelEvent::Error(e)),
+                }
+            }
+            if scan.is_finished() {
+                self.scan = None;
+            }
+        }
+        if let Some((job, _)) = &mut self.run {
+            let mut done = job.is_finished();
+            for TrainMsg::Event(e) in job.poll() {
+                match e {
+                    TrainEvent::Started {
+                        start_step,
+                        total_steps,
+                        ..
+                    } => {
+                        self.step = start_step;
+                        self.total_steps = total_steps;
+                    }
+                    TrainEvent::Step {
+                        step,
+                        loss,
+                        tokens_per_s,
+                        eta_s,
+                        ..
+                    } => {
+                        self.step = step;
+                        self.losses.push([step as f64, loss]);
+                        self.tokens_per_s = tokens_per_s;
+                        self.eta_s = eta_s;
+                    }
+                    TrainEvent::Validation { step, nll } => {
+                        self.validations.push([step as f64, nll])
+                    }
+                    TrainEvent::Paused { .. } => self.paused = true,
+                    TrainEvent::Resumed { .. } => self.paused = false,
+                    TrainEvent::Checkpoint { step, path } => {
+                        events.push(TrainPanelEvent::Message(format!(
+                            "step {step}: checkpoint in {}",
+                            path.display()
+                        )));
+                    }
+                    TrainEvent::Finished {
+                        step,
+                        path,
+                        stopped_early,
+                    } => {
+                        let how = if stopped_early { "stopped" } else { "finished" };
+                        events.push(TrainPanelEvent::Message(format!(
+                            "training {how} at step {step}"
+                        )));
+                        events.push(TrainPanelEvent::Checkpoint(path));
+                        done = true;
+                    }
+                    TrainEvent::Failed { reason } => {
+                        events.push(TrainPanelEvent::Error(format!("training failed: {reason}")));
+                        done = true;
+                    }
+                }
+            }
+            if done {
+                self.run = None;
+            }
+        }
+        events
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui, dialogs: &dyn Dialogs) -> Vec<TrainPanelEvent> {
+        let mut events = Vec::new();
+        let busy = self.run.is_some();
+        ui.heading("Data");
+        ui.horizontal(|ui| {
+            let label = self
+                .settings
+                .data_dir
+                .as_deref()
+                .map_or("no folder".into(), |p| p.display().to_string());
+            ui.label(label);
+        });
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(!busy, egui::Button::new("Choose folder…"))
+                .clicked()
+            {
+                if let Some(dir) = dialogs.pick_folder("Choose a folder of MIDI files") {
+                    self.scan(Some(ui.ctx().clone()), dir);
+                }
+            }
+            if ui
+                .add_enabled(!busy, egui::Button::new("Demo corpus"))
+                .clicked()
+            {
+                self.scan(Some(ui.ctx().clone()), crate::assets::demo_corpus_dir());
+            }
+        });
+        if self.scan.is_some() {
+            let (d, t) = self.scan_progress;
+            ui.add(
+                egui::ProgressBar::new(if t > 0 { d as f32 / t as f32 } else { 0.0 })
+                    .text(format!("scanning {d}/{t}")),
+            );
+        }
+        if let Some(c) = &self.corpus {
+            summary_ui(ui, &c.summary);
+        }
+
+        ui.separator();
+        ui.heading("Model");
+        ui.add_enabled_ui(!busy, |ui| {
+            let s = &mut self.settings;
+            ui.horizontal(|ui| {
+                ui.selectable_value(
+                    &mut s.kind,
+                    ModelKind::LstmAttention,
+                    "LSTM + local attention",
+                );
+                ui.selectable_value(&mut s.kind, ModelKind::Lstm, "LSTM");
+            });
+            egui::Grid::new("sizes").num_columns(4).show(ui, |ui| {
+                ui.label("embed");
+                ui.add(egui::DragValue::new(&mut s.embed).range(8..=1024));
+                ui.label("hidden");
+                ui.add(egui::DragValue::new(&mut s.hidden).range(8..=2048));
+                ui.end_row();
+                ui.label("layers");
+                ui.add(egui::DragValue::new(&mut s.layers).range(1..=6));
+                ui.label("dropout");
+                ui.add(
+                    egui::DragValue::new(&mut s.dropout)
+                        .range(0.0..=0.8)
+                        .speed(0.01),
+                );
+                ui.end_row();
+                if s.kind == ModelKind::LstmAttention {
+                    ui.label("window");
+                    ui.add(egui::DragValue::new(&mut s.window).range(1..=512));
+                    ui.label("heads");
+                    ui.add(egui::DragValue::new(&mut s.heads).range(1..=16));
+                    ui.end_row();
+                }
+                ui.label("steps");
+                ui.add(egui::DragValue::new(&mut s.steps).range(1..=1_000_000));
+                ui.label("batch");
+                ui.add(egui::DragValue::new(&mut s.batch).range(1..=256));
+                ui.end_row();
+                ui.label("sequence");
+                ui.add(egui::DragValue::new(&mut s.seq).range(8..=4096));
+                ui.label("learning rate");
+                ui.add(
+                    egui::DragValue::new(&mut s.lr)
+                        .range(1e-6..=1e-1)
+                        .speed(1e-5),
+                );
+                ui.end_row();
+            });
+            egui::ComboBox::from_label("device")
+                .selected_text(s.device.name())
+                .show_ui(ui, |ui| {
+                    for d in DeviceChoice::compiled_in() {
+                        ui.selectable_value(&mut s.device, d, d.name());
+                    }
+                });
+        });
+
+        ui.separator();
+        ui.horizontal_wrapped(|ui| {
+            let can_start = !busy && self.corpus.is_some();
+            if ui
+                .add_enabled(can_start, egui::Button::new("▶ Start"))
+                .clicked()
+            {
+                if let Err(e) = self.start(Some(ui.ctx().clone())) {
+                    events.push(TrainPanelEvent::Error(e));
+                }
+            }
+            if ui
+                .add_enabled(can_start, egui::Button::new("Resume checkpoint…"))
+                .clicked()
+            {
+                if let Some(dir) = dialogs.pick_folder("Choose a checkpoint to continue") {
+                    self.settings.out_dir = Some(dir);
+                    self.resume = true;
+                    if let Err(e) = self.start(Some(ui.ctx().clone())) {
+                        events.push(TrainPanelEvent::Error(e));
+                    }
+                }
+            }
+            if let Some((_, control)) = &self.run {
+                let label = if self.paused {
+                    "▶ Resume"
+                } else {
+                    "⏸ Pause"
+                };
+                if ui.button(label).clicked() {
+                    control.set_paused(!self.paused);
+                }
+                if ui.button("⏹ Stop").clicked() {
+                    control.request_stop();
+                    control.set_paused(false);
+                }
+                if ui.button("Checkpoint now").clicked() {
+                    control.request_checkpoint();
+                }
+            }
+        });
+        if self.run.is_some() || !self.losses.is_empty() {
+            let elapsed = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            ui.label(format!(
+                "step {}/{}  ·  {:.0} tokens/s  ·  elapsed {}  ·  ETA {}",
+                self.step,
+                self.total_steps,
+                self.tokens_per_s,
+                crate::train::format_duration(elapsed),
+                crate::train::format_duration(self.eta_s)
+            ));
+        }
+        self.plot_ui(ui);
+        events
+    }
+
+    fn plot_ui(&self, ui: &mut Ui) {
+        let smoothed: Vec<[f64; 2]> = self
+            .losses
+            .iter()
+            .scan(None::<f64>, |ema, &[x, y]| {
+                let v = ema.map_or(y, |e| 0.95 * e + 0.05 * y);
+                *ema = Some(v);
+                Some([x, v])
+            })
+            .collect();
+        Plot::new("loss")
+            .height(200.0)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .y_axis_label("nats / event")
+            .show(ui, |plot| {
+                plot.line(
+                    Line::new("training loss", self.losses.clone())
+                        .color(egui::Color32::from_gray(120)),
+                );
+                plot.line(Line::new("smoothed", smoothed));
+                plot.points(Points::new("validation NLL", self.validations.clone()).radius(3.0));
+                plot.line(Line::new("validation", self.validations.clone()));
+            });
+    }
+}
+
+fn summary_ui(ui: &mut Ui, s: &CorpusSummary) {
+    ui.label(format!(
+        "{} files, {:.2} hours, {} notes, {} events\ntrain {} · validation {} · test {} files ({})",
+        s.files_ok,
+        s.seconds / 3600.0,
+        s.notes,
+        s.events,
+        s.train.files,
+        s.validation.files,
+        s.test.files,
+        if s.split_source == "hash" {
+            "hash split"
+        } else {
+            "MAESTRO csv split"
+        }
+    ));
+    if !s.failures.is_empty() {
+        egui::CollapsingHeader::new(format!("{} files could not be read", s.failures.len())).show(
+            ui,
+            |ui| {
+                for f in &s.failures {
+                    ui.label(format!("{}: {}", f.path, f.error));
+                }
+            },
+        );
+    }
+}

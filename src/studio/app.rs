@@ -418,13 +418,13 @@ impl Studio {
 
     fn toolbar(&mut self, ui: &mut Ui) {
         ui.horizontal_wrapped(|ui| {
-            if ui.button("📂 Open MIDI").on_hover_text("Ctrl+O").clicked() {
+            if ui.button("Open MIDI").on_hover_text("Ctrl+O").clicked() {
                 if let Some(p) = self.env.dialogs.open_midi() {
                     let _ = self.open_path(&p);
                 }
             }
             if ui
-                .add_enabled(!self.doc.is_empty(), egui::Button::new("💾 Save MIDI"))
+                .add_enabled(!self.doc.is_empty(), egui::Button::new("Save MIDI"))
                 .on_hover_text("Ctrl+S")
                 .clicked()
             {
@@ -433,7 +433,7 @@ impl Studio {
             if ui
                 .add_enabled(
                     !self.doc.is_empty() && self.export.is_none(),
-                    egui::Button::new("🔊 Export WAV"),
+                    egui::Button::new("Export WAV"),
                 )
                 .clicked()
             {
@@ -448,13 +448,13 @@ impl Studio {
             ui.separator();
             let playing = self.env.output.is_playing();
             if ui
-                .button(if playing { "⏸ Pause" } else { "▶ Play" })
+                .button(if playing { "Pause" } else { "Play" })
                 .on_hover_text("Space")
                 .clicked()
             {
                 self.toggle_play();
             }
-            if ui.button("⏹ Stop").clicked() {
+            if ui.button("Stop").clicked() {
                 self.stop();
             }
             let t = self.env.output.playhead();
@@ -467,7 +467,7 @@ impl Studio {
             ));
             ui.separator();
             let current = self.env.output.name();
-            egui::ComboBox::from_id_salt("output")
+            egui::ComboBox::new("output", "Output")
                 .selected_text(current)
                 .show_ui(ui, |ui| {
                     if ui.selectable_label(false, "Built-in piano").clicked() {
@@ -515,10 +515,10 @@ impl Studio {
                 self.fit_pending = true;
             }
             ui.checkbox(&mut self.roll.follow_playhead, "Follow");
-            if ui.button("🔍+").on_hover_text("Taller keys").clicked() {
+            if ui.button("Keys +").on_hover_text("Taller keys").clicked() {
                 self.roll.zoom_pitch(1.2);
             }
-            if ui.button("🔍−").on_hover_text("Shorter keys").clicked() {
+            if ui.button("Keys -").on_hover_text("Shorter keys").clicked() {
                 self.roll.zoom_pitch(1.0 / 1.2);
             }
         });

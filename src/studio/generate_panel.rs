@@ -183,8 +183,8 @@ impl GeneratePanel {
         let s = &mut self.settings;
         ui.heading("Model");
         let current = s.checkpoint.clone();
-        egui::ComboBox::from_id_salt("checkpoint")
-            .width(ui.available_width() - 10.0)
+        egui::ComboBox::new("checkpoint", "checkpoint")
+            .width(ui.available_width() - 90.0)
             .selected_text(
                 current
                     .as_deref()
@@ -212,7 +212,7 @@ impl GeneratePanel {
 
         ui.separator();
         ui.heading("Primer");
-        egui::ComboBox::from_id_salt("primer")
+        egui::ComboBox::new("primer", "primer")
             .selected_text(match s.primer {
                 PrimerKind::None => "None (start from silence)",
                 PrimerKind::Selection => "The selected notes",
@@ -273,7 +273,7 @@ impl GeneratePanel {
         );
         ui.horizontal(|ui| {
             ui.add(egui::DragValue::new(&mut s.seed).prefix("seed "));
-            if ui.button("🎲").on_hover_text("A random seed").clicked() {
+            if ui.button("Random").on_hover_text("A random seed").clicked() {
                 s.seed = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(7, |d| d.as_nanos() as u64 % 1_000_000);
@@ -344,7 +344,7 @@ impl GeneratePanel {
                 ui.label("No MIDI input ports.");
             }
             Ok(names) => {
-                egui::ComboBox::from_id_salt("input-port")
+                egui::ComboBox::new("input-port", "input")
                     .selected_text(if self.input_port.is_empty() {
                         "Choose an input"
                     } else {
@@ -360,7 +360,7 @@ impl GeneratePanel {
         ui.horizontal(|ui| {
             if self.recording.is_none() {
                 if ui
-                    .add_enabled(!self.input_port.is_empty(), egui::Button::new("⏺ Record"))
+                    .add_enabled(!self.input_port.is_empty(), egui::Button::new("Record"))
                     .clicked()
                 {
                     let recorder = Arc::new(Mutex::new(MidiRecorder::new()));
@@ -377,7 +377,7 @@ impl GeneratePanel {
                         Err(e) => events.push(GenerateEvent::Error(e.to_string())),
                     }
                 }
-            } else if ui.button("⏹ Stop recording").clicked() {
+            } else if ui.button("Stop recording").clicked() {
                 if let Some((recorder, conn)) = self.recording.take() {
                     drop(conn);
                     let perf = recorder

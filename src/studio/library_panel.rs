@@ -42,7 +42,6 @@ impl LibraryPanel {
     pub fn ui(&mut self, ui: &mut Ui, dialogs: &dyn Dialogs) -> Option<PathBuf> {
         let mut open = None;
         ui.horizontal(|ui| {
-            ui.label("🔍");
             ui.add(
                 egui::TextEdit::singleline(&mut self.search)
                     .hint_text("search")

@@ -20,6 +20,9 @@ use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSettings {
     pub data_dir: Option<PathBuf>,
+    /// New runs are written to `runs_dir/<model>-<time>`.
+    pub runs_dir: PathBuf,
+    /// The checkpoint of the current (or last) run.
     pub out_dir: Option<PathBuf>,
     pub kind: ModelKind,
     pub embed: usize,
@@ -39,6 +42,9 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             data_dir: None,
+            runs_dir: std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join("echoai-runs"),
             out_dir: None,
             kind: ModelKind::LstmAttention,
             embed: 128,
@@ -91,13 +97,11 @@ pub struct TrainPanel {
     resume: bool,
 }
 
-fn default_out_dir(kind: ModelKind) -> PathBuf {
-    let base = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+fn new_run_dir(runs: &std::path::Path, kind: ModelKind) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    base.join("echoai-runs")
-        .join(format!("{}-{stamp}", kind.name()))
+        .map_or(0, |d| d.as_millis());
+    runs.join(format!("{}-{stamp}", kind.name()))
 }
 
 impl TrainPanel {
@@ -175,7 +179,7 @@ impl TrainPanel {
             .ok_or("choose and scan a data folder first")?;
         let out = match &self.settings.out_dir {
             Some(p) if self.resume => p.clone(),
-            _ => default_out_dir(self.settings.kind),
+            _ => new_run_dir(&self.settings.runs_dir, self.settings.kind),
         };
         self.settings.out_dir = Some(out.clone());
         let config = self.config();
@@ -341,36 +345,62 @@ impl TrainPanel {
                 ui.selectable_value(&mut s.kind, ModelKind::Lstm, "LSTM");
             });
             egui::Grid::new("sizes").num_columns(4).show(ui, |ui| {
-                ui.label("embed");
-                ui.add(egui::DragValue::new(&mut s.embed).range(8..=1024));
-                ui.label("hidden");
-                ui.add(egui::DragValue::new(&mut s.hidden).range(8..=2048));
+                labelled(
+                    ui,
+                    "embed",
+                    egui::DragValue::new(&mut s.embed).range(8..=1024),
+                );
+                labelled(
+                    ui,
+                    "hidden",
+                    egui::DragValue::new(&mut s.hidden).range(8..=2048),
+                );
                 ui.end_row();
-                ui.label("layers");
-                ui.add(egui::DragValue::new(&mut s.layers).range(1..=6));
-                ui.label("dropout");
-                ui.add(
+                labelled(
+                    ui,
+                    "layers",
+                    egui::DragValue::new(&mut s.layers).range(1..=6),
+                );
+                labelled(
+                    ui,
+                    "dropout",
                     egui::DragValue::new(&mut s.dropout)
                         .range(0.0..=0.8)
                         .speed(0.01),
                 );
                 ui.end_row();
                 if s.kind == ModelKind::LstmAttention {
-                    ui.label("window");
-                    ui.add(egui::DragValue::new(&mut s.window).range(1..=512));
-                    ui.label("heads");
-                    ui.add(egui::DragValue::new(&mut s.heads).range(1..=16));
+                    labelled(
+                        ui,
+                        "window",
+                        egui::DragValue::new(&mut s.window).range(1..=512),
+                    );
+                    labelled(
+                        ui,
+                        "heads",
+                        egui::DragValue::new(&mut s.heads).range(1..=16),
+                    );
                     ui.end_row();
                 }
-                ui.label("steps");
-                ui.add(egui::DragValue::new(&mut s.steps).range(1..=1_000_000));
-                ui.label("batch");
-                ui.add(egui::DragValue::new(&mut s.batch).range(1..=256));
+                labelled(
+                    ui,
+                    "steps",
+                    egui::DragValue::new(&mut s.steps).range(1..=1_000_000),
+                );
+                labelled(
+                    ui,
+                    "batch",
+                    egui::DragValue::new(&mut s.batch).range(1..=256),
+                );
                 ui.end_row();
-                ui.label("sequence");
-                ui.add(egui::DragValue::new(&mut s.seq).range(8..=4096));
-                ui.label("learning rate");
-                ui.add(
+                labelled(
+                    ui,
+                    "sequence",
+                    egui::DragValue::new(&mut s.seq).range(8..=4096),
+                );
+                labelled(
+                    ui,
+                    "learning rate",
                     egui::DragValue::new(&mut s.lr)
                         .range(1e-6..=1e-1)
                         .speed(1e-5),
@@ -390,7 +420,7 @@ impl TrainPanel {
         ui.horizontal_wrapped(|ui| {
             let can_start = !busy && self.corpus.is_some();
             if ui
-                .add_enabled(can_start, egui::Button::new("▶ Start"))
+                .add_enabled(can_start, egui::Button::new("Start training"))
                 .clicked()
             {
                 if let Err(e) = self.start(Some(ui.ctx().clone())) {
@@ -411,14 +441,14 @@ impl TrainPanel {
             }
             if let Some((_, control)) = &self.run {
                 let label = if self.paused {
-                    "▶ Resume"
+                    "Resume training"
                 } else {
-                    "⏸ Pause"
+                    "Pause training"
                 };
                 if ui.button(label).clicked() {
                     control.set_paused(!self.paused);
                 }
-                if ui.button("⏹ Stop").clicked() {
+                if ui.button("Stop training").clicked() {
                     control.request_stop();
                     control.set_paused(false);
                 }
@@ -495,4 +525,10 @@ fn summary_ui(ui: &mut Ui, s: &CorpusSummary) {
             },
         );
     }
+}
+
+/// A label and its widget, linked so screen readers (and tests) find the widget by the label.
+fn labelled(ui: &mut Ui, label: &str, widget: impl egui::Widget) {
+    let label = ui.label(label);
+    ui.add(widget).labelled_by(label.id);
 }

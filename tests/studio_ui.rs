@@ -1,0 +1,255 @@
+//! The studio, driven headless through egui_kittest with fake dialogs, output and MIDI ports.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use echoai::live_midi::{FakeMidiIn, FakeMidiOut};
+use echoai::midi::read_midi;
+use echoai::studio::dialogs::FakeDialogs;
+use echoai::studio::document::NoteOrigin;
+use echoai::studio::outputs::FakeOut;
+use echoai::studio::{Studio, StudioEnv, StudioSettings};
+use egui::{Key, Modifiers};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+const PIECE: &str = "assets/corpus/piano/satie-gymnopedie-no1.mid";
+
+fn studio(dialogs: &FakeDialogs, out: &FakeOut) -> Studio {
+    let env = StudioEnv {
+        dialogs: Box::new(dialogs.clone()),
+        output: Box::new(out.clone()),
+        midi_out: Arc::new(FakeMidiOut::default()),
+        midi_in: Box::new(FakeMidiIn::default()),
+    };
+    let mut settings = StudioSettings::default();
+    // No bundled model is assumed: tests pick their own checkpoints.
+    settings.generate.checkpoint = None;
+    Studio::new(env, settings)
+}
+
+fn harness<'a>(s: Studio) -> Harness<'a, Studio> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .with_max_steps(10_000)
+        .build_ui_state(|ui, s: &mut Studio| s.ui(ui), s)
+}
+
+/// Steps the UI until `done` holds (background jobs finish on their own threads).
+fn step_until(h: &mut Harness<Studio>, seconds: u64, done: impl Fn(&Studio) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done(h.state()) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; status: {:?}",
+            h.state().status
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.step();
+}
+
+#[test]
+fn opening_a_file_puts_its_notes_on_the_roll() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut h = harness(studio(&dialogs, &out));
+    let expected = read_midi(Path::new(PIECE)).unwrap().len();
+
+    // The path the Open dialog takes (Ctrl+O).
+    dialogs.answer(Path::new(PIECE));
+    h.key_press_modifiers(Modifiers::COMMAND, Key::O);
+    h.run();
+    let s = h.state();
+    assert_eq!(s.doc.len(), expected);
+    assert!(s.doc.notes().iter().all(|n| n.origin == NoteOrigin::Loaded));
+    // After "fit", every note is inside the view.
+    let end = s.doc.end_time();
+    let visible = s.doc.visible_range(
+        s.roll.view_start,
+        s.roll.view_start + 1400.0 / s.roll.pixels_per_second as f64,
+    );
+    assert_eq!(
+        visible.len(),
+        expected,
+        "view {:?} end {end}",
+        s.roll.view_start
+    );
+    assert!(
+        h.query_all_by_label_contains("satie-gymnopedie-no1.mid")
+            .count()
+            >= 1
+    );
+
+    // A broken file is a message, and the piece stays.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.mid");
+    std::fs::write(&bad, b"nonsense").unwrap();
+    assert!(h.state_mut().open_path(&bad).is_err());
+    h.run();
+    assert!(h.state().status.is_error);
+    assert_eq!(h.state().doc.len(), expected);
+}
+
+#[test]
+fn play_stop_and_space_drive_the_transport() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.open_path(Path::new(PIECE)).unwrap();
+    let mut h = harness(s);
+    h.run();
+    assert!(
+        out.loaded_notes.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the piece was loaded into the output"
+    );
+    h.get_by_label("Play").click();
+    h.step();
+    assert!(h.state().is_playing());
+    h.get_by_label("Stop").click();
+    h.run();
+    assert!(!h.state().is_playing());
+    h.key_press(Key::Space);
+    h.step();
+    assert!(h.state().is_playing());
+    h.key_press(Key::Space);
+    h.step();
+    assert!(!h.state().is_playing());
+}
+
+#[test]
+fn delete_and_undo_change_and_restore_the_selection() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.open_path(Path::new(PIECE)).unwrap();
+    let before = s.doc.len();
+    s.doc.select_box(10.0, 20.0, 0, 127, false);
+    let selected = s.doc.selection_count();
+    assert!(selected > 0);
+    let mut h = harness(s);
+    h.run();
+    h.key_press(Key::Delete);
+    h.step();
+    assert_eq!(h.state().doc.len(), before - selected);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.step();
+    assert_eq!(h.state().doc.len(), before);
+}
+
+fn tiny_checkpoint(dir: &Path) -> std::path::PathBuf {
+    use echoai::model::{ModelConfig, ModelKind};
+    use echoai::train::{TrainConfig, TrainControl, TrainData, train};
+    let corpus =
+        echoai::corpus::Corpus::load(Path::new("assets/corpus/piano"), &|_, _| {}).unwrap();
+    let config = TrainConfig {
+        model: ModelConfig {
+            kind: ModelKind::LstmAttention,
+            embed: 16,
+            hidden: 32,
+            layers: 1,
+            window: 8,
+            heads: 2,
+            ..ModelConfig::default()
+        },
+        steps: 3,
+        batch: 2,
+        seq_len: 32,
+        validate_every: 0,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let out = dir.join("tiny");
+    train(
+        &TrainData::from_corpus(&corpus),
+        &config,
+        &out,
+        false,
+        &TrainControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn generate_makes_a_take_on_the_roll_and_save_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.generate.add_checkpoint(checkpoint);
+    s.generate.settings.seconds = 3.0;
+    let mut h = harness(s);
+    h.run();
+    h.get_by_label("Generate  (Ctrl+G)").click();
+    h.step();
+    step_until(&mut h, 60, |s| !s.generate.is_generating());
+    let s = h.state();
+    assert_eq!(s.generate.takes.len(), 1, "status: {:?}", s.status);
+    assert!(!s.doc.is_empty());
+    assert!(
+        s.doc
+            .notes()
+            .iter()
+            .all(|n| n.origin == NoteOrigin::Generated)
+    );
+    assert_eq!(s.doc.len(), s.generate.takes[0].take.performance.len());
+    assert!(h.query_all_by_label_contains("Take 1").count() >= 1);
+
+    let saved = dir.path().join("take.mid");
+    dialogs.answer(&saved);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.step();
+    let back = read_midi(&saved).unwrap();
+    assert_eq!(back.len(), h.state().doc.len());
+}
+
+#[test]
+fn training_from_the_tab_plots_and_leaves_a_checkpoint_for_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for name in [
+        "fur-elise.mid",
+        "bwv-850.mid",
+        "maple-leaf-rag.mid",
+        "solace.mid",
+        "bethena.mid",
+        "clair-de-lune.mid",
+    ] {
+        std::fs::copy(Path::new("assets/corpus/piano").join(name), data.join(name)).unwrap();
+    }
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.tab = echoai::studio::Tab::Train;
+    let t = &mut s.train.settings;
+    t.runs_dir = dir.path().join("runs");
+    (t.embed, t.hidden, t.layers, t.steps, t.batch, t.seq) = (16, 32, 1, 100_000, 2, 32);
+    let mut h = harness(s);
+    h.run();
+    dialogs.answer(&data);
+    h.get_by_label("Choose folder…").click();
+    h.step();
+    step_until(&mut h, 30, |s| s.train.corpus.is_some());
+    h.get_by_label("Start training").click();
+    h.step();
+    step_until(&mut h, 60, |s| s.train.losses.len() >= 3);
+    h.get_by_label("Stop training").click();
+    h.step();
+    step_until(&mut h, 60, |s| !s.train.is_training());
+    let s = h.state();
+    assert!(s.train.losses.len() >= 3);
+    let run = s.train.settings.out_dir.clone().unwrap();
+    assert!(
+        echoai::model::checkpoint::is_checkpoint(&run),
+        "{}",
+        run.display()
+    );
+    assert!(s.generate.checkpoints().contains(&run));
+    assert_eq!(s.generate.settings.checkpoint.as_ref(), Some(&run));
+}

@@ -18,6 +18,7 @@ pub mod model;
 pub mod optim;
 pub mod performance;
 pub mod rng;
+pub mod stats;
 pub mod studio;
 pub mod tokenizer;
 pub mod train;

@@ -42,6 +42,20 @@ pub enum BenchCommand {
         #[arg(long)]
         composed: bool,
     },
+    /// The built-in synth's real-time factor on a MAESTRO sample (about 2.8 minutes).
+    Render {
+        /// A MIDI file (default: the MAESTRO sample closest to 2.8 minutes).
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// CPU time to build and tessellate one frame of the piano roll with a large piece.
+    Roll {
+        #[arg(long, default_value_t = 30_000)]
+        notes: usize,
+        #[arg(long, default_value_t = 50)]
+        frames: usize,
+    },
     /// Generation events/s at batch 1, with candle_nn's LSTM as the baseline.
     Generate {
         #[arg(long, default_value_t = 2000)]
@@ -77,6 +91,14 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 hidden,
             };
             bench_model::bench_train(&sizes, iters.max(1), !no_baseline, composed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Render { file, runs } => {
+            super::bench_studio::bench_render(file.as_deref(), runs.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Roll { notes, frames } => {
+            super::bench_studio::bench_roll(notes, frames.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Generate {

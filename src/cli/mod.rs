@@ -3,8 +3,10 @@
 mod audio_cmd;
 mod bench;
 mod bench_model;
+mod bench_studio;
 mod corpus_cmd;
 mod generate_cmd;
+mod stats_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -81,6 +83,19 @@ pub enum Command {
         seconds: f64,
         output: PathBuf,
     },
+    /// Statistics of a MIDI file or folder; with --compare, how a generated set differs from a corpus.
+    Stats {
+        /// A MIDI file or folder.
+        path: Option<PathBuf>,
+        /// A folder of generated pieces to compare against --reference.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// The reference corpus folder.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the engine's speed.
     Bench {
         #[command(subcommand)]
@@ -119,6 +134,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seconds,
             output,
         }) => audio_cmd::run_record(&port, seconds, &output),
+        Some(Command::Stats {
+            path,
+            compare,
+            reference,
+            json,
+        }) => stats_cmd::run(
+            path.as_deref(),
+            compare.as_deref(),
+            reference.as_deref(),
+            json,
+        ),
         Some(Command::Bench { what }) => bench::run(what),
     }
 }

@@ -411,3 +411,55 @@ fn attention_is_causal_and_local() {
         }
     }
 }
+
+#[test]
+fn fused_and_composed_training_give_the_same_loss_curve() {
+    use echoai::optim::{AdamW, AdamWConfig};
+    let config = ModelConfig {
+        kind: ModelKind::Lstm,
+        embed: 12,
+        hidden: 24,
+        layers: 2,
+        dropout: 0.0,
+        ..ModelConfig::default()
+    };
+    let ids: Vec<u32> = (0..4 * 17).map(|i| (i * 7 % 390) as u32).collect();
+    let ids = Tensor::from_vec(ids, (4, 17), &Device::Cpu).unwrap();
+    let mut curves = Vec::new();
+    for recurrence in [Recurrence::Auto, Recurrence::Composed] {
+        let varmap = VarMap::new();
+        let model = MusicModel::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        echoai::model::init::initialize(&varmap, &config, 5).unwrap();
+        let mut opt = AdamW::new(
+            varmap.data().lock().unwrap().clone(),
+            AdamWConfig::default(),
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..15 {
+            let logits = model
+                .forward_with(&ids.narrow(1, 0, 16).unwrap(), None, recurrence)
+                .unwrap();
+            let loss = candle_nn::loss::cross_entropy(
+                &logits.reshape((64, 390)).unwrap(),
+                &ids.narrow(1, 1, 16).unwrap().flatten_all().unwrap(),
+            )
+            .unwrap();
+            losses.push(loss.to_scalar::<f32>().unwrap());
+            opt.step(&loss.backward().unwrap(), 1e-2, 3.0).unwrap();
+        }
+        curves.push(losses);
+    }
+    assert!(
+        curves[0][14] < curves[0][0] - 1.0,
+        "it learns: {:?}",
+        curves[0]
+    );
+    for (a, b) in curves[0].iter().zip(&curves[1]) {
+        assert!((a - b).abs() < 1e-4, "{:?}\n{:?}", curves[0], curves[1]);
+    }
+}

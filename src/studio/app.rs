@@ -467,7 +467,8 @@ impl Studio {
             ));
             ui.separator();
             let current = self.env.output.name();
-            egui::ComboBox::new("output", "Output")
+            let output_label = ui.label("Output");
+            egui::ComboBox::from_id_salt("output")
                 .selected_text(current)
                 .show_ui(ui, |ui| {
                     if ui.selectable_label(false, "Built-in piano").clicked() {
@@ -493,7 +494,9 @@ impl Studio {
                             ui.label(format!("MIDI outputs: {e}"));
                         }
                     }
-                });
+                })
+                .response
+                .labelled_by(output_label.id);
             let mut volume = self.volume;
             if ui
                 .add(

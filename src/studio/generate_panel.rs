@@ -15,6 +15,7 @@ use crate::live_midi::{MidiIn, MidiRecorder, PortChoice};
 use crate::model::MusicModel;
 use crate::model::checkpoint::{self, load_for_inference};
 use crate::performance::{Note, Performance};
+use crate::stats::{PieceStats, compare};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrimerKind {
@@ -109,6 +110,9 @@ pub struct GeneratePanel {
     recorded: Option<Performance>,
     input_port: String,
     pending_generate: bool,
+    /// Statistics of the demo corpus, computed once in the background for the take comparison.
+    reference: Option<Arc<Vec<PieceStats>>>,
+    reference_job: Option<Job<Vec<PieceStats>>>,
 }
 
 /// The bundled checkpoints, attention model first.
@@ -181,10 +185,10 @@ impl GeneratePanel {
     ) -> Vec<GenerateEvent> {
         let mut events = Vec::new();
         let s = &mut self.settings;
-        ui.heading("Model");
+        let model_heading = ui.heading("Model");
         let current = s.checkpoint.clone();
-        egui::ComboBox::new("checkpoint", "checkpoint")
-            .width(ui.available_width() - 90.0)
+        egui::ComboBox::from_id_salt("checkpoint")
+            .width(ui.available_width() - 10.0)
             .selected_text(
                 current
                     .as_deref()
@@ -195,7 +199,9 @@ impl GeneratePanel {
                     let label = describe_checkpoint(&path);
                     ui.selectable_value(&mut s.checkpoint, Some(path), label);
                 }
-            });
+            })
+            .response
+            .labelled_by(model_heading.id);
         if ui.button("Open checkpoint folder…").clicked() {
             if let Some(path) = dialogs.pick_folder("Choose a checkpoint folder") {
                 if checkpoint::is_checkpoint(&path) {
@@ -211,8 +217,8 @@ impl GeneratePanel {
         let s = &mut self.settings;
 
         ui.separator();
-        ui.heading("Primer");
-        egui::ComboBox::new("primer", "primer")
+        let primer_heading = ui.heading("Primer");
+        egui::ComboBox::from_id_salt("primer")
             .selected_text(match s.primer {
                 PrimerKind::None => "None (start from silence)",
                 PrimerKind::Selection => "The selected notes",
@@ -234,7 +240,9 @@ impl GeneratePanel {
                     PrimerKind::Recorded,
                     "Recorded from a MIDI keyboard",
                 );
-            });
+            })
+            .response
+            .labelled_by(primer_heading.id);
         match s.primer {
             PrimerKind::FirstSeconds | PrimerKind::File => {
                 ui.add(egui::Slider::new(&mut s.primer_seconds, 1.0..=60.0).text("primer seconds"));
@@ -331,7 +339,64 @@ impl GeneratePanel {
                     }
                 }
             });
+        self.comparison_ui(ui);
         events
+    }
+
+    /// How the current take's statistics sit against the demo corpus (Yang & Lerch overlap).
+    fn comparison_ui(&mut self, ui: &mut Ui) {
+        let Some(take) = self.current_take.and_then(|i| self.takes.get(i)) else {
+            return;
+        };
+        let take_stats = PieceStats::of(&take.take.performance);
+        egui::CollapsingHeader::new("Compare with the demo corpus").show(ui, |ui| {
+            if let Some(job) = &mut self.reference_job {
+                if let Some(stats) = job.poll().pop() {
+                    self.reference = Some(Arc::new(stats));
+                }
+                if job.is_finished() {
+                    self.reference_job = None;
+                }
+            }
+            let Some(reference) = self.reference.clone() else {
+                if self.reference_job.is_none() {
+                    self.reference_job = Some(Job::spawn(
+                        Some(ui.ctx().clone()),
+                        "corpus-stats",
+                        |tx, _| {
+                            let stats =
+                                crate::corpus::scan_midi_files(&crate::assets::demo_corpus_dir())
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .filter_map(|p| crate::midi::read_midi(p).ok())
+                                    .map(|p| PieceStats::of(&p))
+                                    .collect();
+                            tx.send(stats);
+                        },
+                    ));
+                }
+                ui.spinner();
+                return;
+            };
+            ui.label(
+                "Overlap area: 1 means this take sits among the corpus pieces like one of them.",
+            );
+            egui::Grid::new("take-stats")
+                .num_columns(3)
+                .striped(true)
+                .show(ui, |ui| {
+                    for row in compare(std::slice::from_ref(&take_stats), &reference) {
+                        ui.label(&row.name);
+                        ui.label(format!("{:.2}", row.overlap));
+                        if row.flagged {
+                            ui.colored_label(ui.visuals().warn_fg_color, "outside the corpus");
+                        } else {
+                            ui.label("");
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
     }
 
     fn recording_ui(&mut self, ui: &mut Ui, midi_in: &dyn MidiIn, events: &mut Vec<GenerateEvent>) {

@@ -64,5 +64,5 @@ pub fn run() -> Result<(), String> {
             Ok(Box::new(StudioApp { studio }))
         }),
     )
-    .map_err(|e| format!("cannot open the studio window: {e}. On a machine without a display, use the `echoai` commands (see `echoai --help`)."))
+    .map_err(|e| format!("cannot open the studio window ({e}); on a machine without a display, use the `echoai` commands (see `echoai --help`)."))
 }

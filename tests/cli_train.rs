@@ -1,0 +1,164 @@
+//! `echoai train`, `generate` and `eval` as a user runs them, including Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_echoai"))
+}
+
+const TINY: [&str; 14] = [
+    "--embed", "16", "--hidden", "32", "--layers", "1", "--batch", "2", "--seq", "32", "--window",
+    "8", "--heads", "2",
+];
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly_and_the_result_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = bin()
+        .args([
+            "train",
+            "--data",
+            "assets/corpus/piano",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "1000000",
+            "--json",
+        ])
+        .args(TINY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for a few training steps.
+    let mut steps = 0;
+    while steps < 3 {
+        let line = lines.next().expect("training prints events").unwrap();
+        if line.contains("\"event\":\"step\"") {
+            steps += 1;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit {exit:?}");
+    let finished = rest
+        .iter()
+        .find(|l| l.contains("\"event\":\"finished\""))
+        .expect("a finished event");
+    assert!(finished.contains("\"stopped_early\":true"), "{finished}");
+    assert!(echoai::model::checkpoint::is_checkpoint(&out));
+
+    // The checkpoint generates three variations and evaluates.
+    let mid = dir.path().join("take.mid");
+    let generated = bin()
+        .args([
+            "generate",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--seconds",
+            "3",
+            "--variations",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            mid.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    for i in 1..=3 {
+        let path = dir.path().join(format!("take-{i}.mid"));
+        echoai::midi::read_midi(&path).unwrap();
+    }
+    let eval = bin()
+        .args([
+            "eval",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--data",
+            "assets/corpus/piano",
+            "--seq",
+            "64",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let nll = json["nll"].as_f64().unwrap();
+    assert!(
+        nll.is_finite()
+            && nll > 0.0
+            && (json["perplexity"].as_f64().unwrap() - nll.exp()).abs() < 1e-6 * nll.exp()
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let out = bin()
+        .args(["train", "--data", "/no/such/dir", "--out", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
+    let out = bin()
+        .args([
+            "train",
+            "--data",
+            "assets/corpus/piano",
+            "--out",
+            "/tmp/x",
+            "--model",
+            "transformer",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lstm-attention"));
+    let out = bin()
+        .args([
+            "generate",
+            "--checkpoint",
+            "/no/ckpt",
+            "--out",
+            "/tmp/x.mid",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a checkpoint"));
+    let out = bin()
+        .args([
+            "train",
+            "--data",
+            "assets/corpus/piano",
+            "--out",
+            "/tmp/x",
+            "--device",
+            "cuda",
+        ])
+        .args(TINY)
+        .output()
+        .unwrap();
+    if !cfg!(feature = "cuda") {
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    }
+}

@@ -28,16 +28,27 @@ struct Saved {
     h_prev: Vec<f32>,
 }
 
+/// Which routine multiplies by `W_hh` in the step loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepProduct {
+    /// The hand-vectorised kernels of [`super::kernels`] (no re-packing of `W_hh`).
+    Blocked,
+    /// The general `gemm` crate (kept for comparison).
+    Gemm,
+}
+
 pub struct FusedLstmOp {
     keep_for_backward: bool,
+    product: StepProduct,
     saved: Mutex<Option<Saved>>,
 }
 
 impl FusedLstmOp {
     /// `keep_for_backward`: store activations (training); inference skips that memory.
-    pub fn new(keep_for_backward: bool) -> Self {
+    pub fn new(keep_for_backward: bool, product: StepProduct) -> Self {
         FusedLstmOp {
             keep_for_backward,
+            product,
             saved: Mutex::new(None),
         }
     }
@@ -161,6 +172,11 @@ impl CustomOp3 for FusedLstmOp {
             cells[..b * h].copy_from_slice(&c_cur);
         }
         let mut scratch = vec![0f32; b * four_h];
+        let mut product_scratch = Vec::with_capacity(b * four_h);
+        let mut w_hh_t = Vec::new();
+        if self.product == StepProduct::Blocked {
+            super::kernels::transpose(w_hh, four_h, h, &mut w_hh_t);
+        }
 
         for t in 0..t_len {
             if keep {
@@ -170,7 +186,20 @@ impl CustomOp3 for FusedLstmOp {
                 }
             }
             // pre = h_{t-1} W_hh^T: W_hh is [4H, H] row-major, so W_hh^T[k, n] = w_hh[n * H + k].
-            matmul(b, four_h, h, &mut pre, false, &h_cur, (h, 1), w_hh, (1, h));
+            match self.product {
+                StepProduct::Blocked => super::kernels::d_times_w(
+                    &h_cur,
+                    &w_hh_t,
+                    &mut pre,
+                    &mut product_scratch,
+                    b,
+                    h,
+                    four_h,
+                ),
+                StepProduct::Gemm => {
+                    matmul(b, four_h, h, &mut pre, false, &h_cur, (h, 1), w_hh, (1, h))
+                }
+            }
             let gates_t: &mut [f32] = if keep {
                 &mut gates_all[t * b * four_h..(t + 1) * b * four_h]
             } else {
@@ -259,6 +288,7 @@ impl CustomOp3 for FusedLstmOp {
             dc_next[bi * h..(bi + 1) * h].copy_from_slice(&grad[row..row + h]);
         }
         let mut da = vec![0f32; b * four_h];
+        let mut product_scratch = Vec::with_capacity(b * h);
         for t in (0..t_len).rev() {
             let gates_t = &gates[t * b * four_h..(t + 1) * b * four_h];
             let c_t = &cells[(t + 1) * b * h..(t + 2) * b * h];
@@ -289,17 +319,28 @@ impl CustomOp3 for FusedLstmOp {
                 dxproj[row..row + four_h].copy_from_slice(&da[bi * four_h..(bi + 1) * four_h]);
             }
             // dh_{t-1} = da W_hh: [B, 4H] x [4H, H].
-            matmul(
-                b,
-                h,
-                four_h,
-                &mut dh_next,
-                false,
-                &da,
-                (four_h, 1),
-                &w,
-                (h, 1),
-            );
+            match self.product {
+                StepProduct::Blocked => super::kernels::d_times_w(
+                    &da,
+                    &w,
+                    &mut dh_next,
+                    &mut product_scratch,
+                    b,
+                    four_h,
+                    h,
+                ),
+                StepProduct::Gemm => matmul(
+                    b,
+                    h,
+                    four_h,
+                    &mut dh_next,
+                    false,
+                    &da,
+                    (four_h, 1),
+                    &w,
+                    (h, 1),
+                ),
+            }
         }
         // dW_hh = sum over (b, t) of da^T h_{t-1}: one [4H, B*T] x [B*T, H] GEMM.
         let mut dw = vec![0f32; four_h * h];

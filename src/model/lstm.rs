@@ -9,14 +9,16 @@
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::fused_lstm::FusedLstmOp;
+use super::fused_lstm::{FusedLstmOp, StepProduct};
 use crate::rng::Rng;
 
 /// How the recurrence of a sequence is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recurrence {
-    /// The fused custom op on CPU f32, composed ops elsewhere.
+    /// The fused custom op on CPU f32 (with the blocked step kernels), composed ops elsewhere.
     Auto,
+    /// The fused custom op with the general `gemm` crate for the step products (for comparison).
+    FusedGemm,
     /// Composed candle ops, step by step (the reference).
     Composed,
 }
@@ -86,7 +88,7 @@ impl LstmLayer {
             .matmul(&self.w_ih.t()?)?
             .broadcast_add(&self.bias()?)?
             .reshape((b, t, 4 * self.hidden))?;
-        let fused = recurrence == Recurrence::Auto
+        let fused = recurrence != Recurrence::Composed
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && t > 0;
@@ -95,7 +97,13 @@ impl LstmLayer {
             let xproj = xproj.contiguous()?;
             // Activations are kept only when autograd will ask for the backward pass.
             let needs_grad = xproj.track_op() || self.w_hh.track_op() || state0.track_op();
-            let out = xproj.apply_op3(&self.w_hh, &state0, FusedLstmOp::new(needs_grad))?;
+            let product = if recurrence == Recurrence::FusedGemm {
+                StepProduct::Gemm
+            } else {
+                StepProduct::Blocked
+            };
+            let out =
+                xproj.apply_op3(&self.w_hh, &state0, FusedLstmOp::new(needs_grad, product))?;
             let hs = out.narrow(1, 0, t)?;
             let h_n = out.i((.., t - 1))?;
             let c_n = out.i((.., t))?;

@@ -8,11 +8,12 @@ pub mod checkpoint;
 mod config;
 mod fused_lstm;
 pub mod init;
+pub mod kernels;
 mod lstm;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
-pub use fused_lstm::FusedLstmOp;
+pub use fused_lstm::{FusedLstmOp, StepProduct};
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
 
 use candle_core::{Device, Result, Tensor};

@@ -137,8 +137,7 @@ fn bench_corpus(dir: PathBuf, runs: usize) -> anyhow::Result<ExitCode> {
             .sum::<usize>();
         times.push(t0.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(times);
     println!(
         "bench corpus: {} files, {:.1} MB, {} events, {} threads",
         files.len(),
@@ -153,4 +152,10 @@ fn bench_corpus(dir: PathBuf, runs: usize) -> anyhow::Result<ExitCode> {
         files.len() as f64 / median
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The middle of a set of timings (the upper middle for an even count).
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

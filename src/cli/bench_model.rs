@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use super::bench::median;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{LSTMConfig, RNN};
 use candle_nn::{Module, VarBuilder, VarMap};
@@ -19,9 +21,13 @@ pub struct Sizes {
     pub hidden: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The most likely id: generation benchmarks sample greedily so both sides do the same work.
+fn greedy(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
 }
 
 fn random_ids(n: usize, rng: &mut Rng) -> Vec<u32> {
@@ -223,12 +229,7 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
         let t0 = Instant::now();
         for _ in 0..events {
             let logits = model.step(&Tensor::new(&[id], &Device::Cpu)?, &mut state)?;
-            let row = logits.squeeze(0)?.to_vec1::<f32>()?;
-            id = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i as u32);
+            id = greedy(&logits.squeeze(0)?.to_vec1::<f32>()?);
         }
         let rate = events as f64 / t0.elapsed().as_secs_f64();
         println!("  echoai {:<16} {rate:>8.0} events/s", kind.name());
@@ -259,12 +260,7 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
                 *state = layer.step(&x, state)?;
                 x = state.h().clone();
             }
-            let row = model.output.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?;
-            id = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i as u32);
+            id = greedy(&model.output.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?);
         }
         let rate = events as f64 / t0.elapsed().as_secs_f64();
         println!("  {:<23} {rate:>8.0} events/s", "candle_nn::rnn::LSTM");

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::bench::median;
+
 use crate::audio::{PianoSoundFont, render_performance};
 use crate::corpus::scan_midi_files;
 use crate::midi::read_midi;
@@ -11,11 +13,6 @@ use crate::performance::{Note, Performance};
 use crate::rng::Rng;
 use crate::studio::document::{Document, NoteOrigin};
 use crate::studio::piano_roll::PianoRoll;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// The MAESTRO sample whose length is closest to `target` seconds.
 fn pick_maestro(target: f64) -> anyhow::Result<PathBuf> {

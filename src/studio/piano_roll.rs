@@ -144,6 +144,7 @@ impl PianoRoll {
         let high = (self.pitch_at(g.notes, g.notes.top()).ceil() as i32).min(127);
 
         // Pitch rows: black keys darker, C lines stronger.
+        painter.rect_filled(g.keys, 0.0, Color32::from_gray(225));
         for pitch in low..=high {
             let y0 = self.y_of(g.notes, pitch as f32 + 1.0);
             let y1 = self.y_of(g.notes, pitch as f32);
@@ -158,16 +159,21 @@ impl PianoRoll {
             if black {
                 painter.rect_filled(row, 0.0, Color32::from_black_alpha(40));
             }
-            let key = Rect::from_x_y_ranges(g.keys.x_range(), row.y_range());
-            painter.rect_filled(
-                key,
-                0.0,
-                if black {
-                    Color32::from_gray(40)
-                } else {
-                    Color32::from_gray(215)
-                },
-            );
+            // A keyboard: white keys full width with a line between E-F and B-C, black keys
+            // shorter and dark on top.
+            if black {
+                let key = Rect::from_x_y_ranges(
+                    g.keys.left()..=g.keys.left() + KEYBOARD_WIDTH * 0.6,
+                    row.y_range(),
+                );
+                painter.rect_filled(key, 1.0, Color32::from_gray(35));
+            } else if matches!(pitch % 12, 0 | 5) {
+                painter.hline(
+                    g.keys.x_range(),
+                    y1,
+                    Stroke::new(1.0, Color32::from_gray(150)),
+                );
+            }
             if pitch % 12 == 0 {
                 painter.hline(
                     g.notes.x_range(),

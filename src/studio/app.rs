@@ -220,9 +220,14 @@ impl Studio {
 
     fn export_wav(&mut self, ctx: Option<egui::Context>, path: PathBuf) {
         let perf = self.doc.performance();
-        let font = self.current_font();
+        let font_path = self.soundfont.clone();
         self.say(format!("rendering {}…", path.display()));
         self.export = Some(Job::spawn(ctx, "export", move |tx, _| {
+            // A user's SoundFont may be large: it is read here, off the UI thread.
+            let font = font_path
+                .as_deref()
+                .and_then(|p| PianoSoundFont::from_file(p).ok())
+                .unwrap_or_else(PianoSoundFont::builtin);
             let result = render_performance(&perf, &font)
                 .map_err(|e| e.to_string())
                 .and_then(|audio| {
@@ -235,13 +240,6 @@ impl Studio {
                 Err(e) => ExportMsg::Failed(e),
             });
         }));
-    }
-
-    fn current_font(&self) -> PianoSoundFont {
-        self.soundfont
-            .as_deref()
-            .and_then(|p| PianoSoundFont::from_file(p).ok())
-            .unwrap_or_else(PianoSoundFont::builtin)
     }
 
     fn use_soundfont(&mut self, path: &Path) {
@@ -636,7 +634,10 @@ impl Studio {
             if std::mem::take(&mut self.fit_pending) {
                 self.roll.fit(&self.doc, ui.available_size());
             }
-            self.sync_output();
+            // While notes stream in, the output would reload every frame: it waits for the take.
+            if !self.generate.is_generating() {
+                self.sync_output();
+            }
             let playing = self.env.output.is_playing();
             let playhead = self.env.output.playhead();
             if playing && self.roll.follow_playhead {

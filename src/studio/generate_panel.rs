@@ -125,7 +125,27 @@ pub fn bundled_checkpoints() -> Vec<PathBuf> {
         .collect()
 }
 
+/// "attn (lstm-attention, step 2400)", read from the checkpoint's config once and remembered, so
+/// drawing the picker every frame touches no file.
 fn describe_checkpoint(path: &Path) -> String {
+    let cache = descriptions();
+    if let Some(known) = cache.lock().ok().and_then(|c| c.get(path).cloned()) {
+        return known;
+    }
+    let text = read_checkpoint_description(path);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(path.to_path_buf(), text.clone());
+    }
+    text
+}
+
+fn descriptions() -> &'static Mutex<std::collections::HashMap<PathBuf, String>> {
+    static CACHE: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, String>>> =
+        std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn read_checkpoint_description(path: &Path) -> String {
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -154,6 +174,10 @@ impl GeneratePanel {
 
     /// Adds a checkpoint (a finished training run) to the picker and selects it.
     pub fn add_checkpoint(&mut self, path: PathBuf) {
+        // A run that wrote this folder again has a new step: describe it afresh.
+        if let Ok(mut c) = descriptions().lock() {
+            c.remove(&path);
+        }
         self.settings.recent_checkpoints.retain(|p| p != &path);
         self.settings.recent_checkpoints.insert(0, path.clone());
         self.settings.recent_checkpoints.truncate(10);

@@ -21,6 +21,10 @@ pub struct GenerateConfig {
     pub top_p: Option<f64>,
     /// Stop after this many seconds of new music.
     pub max_seconds: f64,
+    /// The model may not end the piece (END) before this many seconds of new music; 0 lets it
+    /// end whenever it likes. The demo corpus is full of one-minute chorales, so without this a
+    /// request for 30 s sometimes ends after two.
+    pub min_seconds: f64,
     /// Stop after this many new events.
     pub max_events: usize,
     pub seed: u64,
@@ -34,6 +38,7 @@ impl Default for GenerateConfig {
             top_k: None,
             top_p: Some(0.95),
             max_seconds: 30.0,
+            min_seconds: 0.0,
             max_events: 20_000,
             seed: 1,
             variations: 1,
@@ -148,7 +153,8 @@ pub fn generate(
                 next.push(END as u32);
                 continue;
             }
-            let id = sample(&rows[v], config, &mut rngs[v], &mut probs);
+            let may_end = decoders[v].time() - primer_seconds >= config.min_seconds;
+            let id = sample(&rows[v], config, may_end, &mut rngs[v], &mut probs);
             let note = decoders[v].push(id);
             events[v].push(id);
             let seconds = decoders[v].time() - primer_seconds;
@@ -205,17 +211,19 @@ fn decoder_after(prefix: &[u16]) -> Decoder {
     d
 }
 
-/// Draws one id from logits with temperature, top-k and top-p. START is never drawn.
+/// Draws one id from logits with temperature, top-k and top-p. START is never drawn, and END
+/// only when `may_end`.
 pub fn sample(
     logits: &[f32],
     config: &GenerateConfig,
+    may_end: bool,
     rng: &mut Rng,
     probs: &mut Vec<(f64, u16)>,
 ) -> u16 {
     probs.clear();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     for (id, &l) in logits.iter().enumerate() {
-        if id as u16 == START || !l.is_finite() {
+        if id as u16 == START || (id as u16 == END && !may_end) || !l.is_finite() {
             continue;
         }
         probs.push((((l as f64 - max) / config.temperature).exp(), id as u16));
@@ -268,7 +276,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &greedy, &mut rng, &mut probs), 60);
+            assert_eq!(sample(&logits, &greedy, true, &mut rng, &mut probs), 60);
         }
         let nucleus = GenerateConfig {
             top_p: Some(0.5),
@@ -276,7 +284,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &nucleus, &mut rng, &mut probs), 60);
+            assert_eq!(sample(&logits, &nucleus, true, &mut rng, &mut probs), 60);
         }
         let wide = GenerateConfig {
             top_p: Some(0.99),
@@ -284,9 +292,22 @@ mod tests {
             ..Default::default()
         };
         let draws: Vec<u16> = (0..200)
-            .map(|_| sample(&logits, &wide, &mut rng, &mut probs))
+            .map(|_| sample(&logits, &wide, true, &mut rng, &mut probs))
             .collect();
         assert!(draws.contains(&60) && draws.contains(&61));
         assert!(draws.iter().all(|&d| d == 60 || d == 61));
+    }
+
+    #[test]
+    fn end_is_held_back_until_allowed() {
+        let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
+        logits[END as usize] = 50.0;
+        let mut rng = Rng::new(1);
+        let mut probs = Vec::new();
+        let config = GenerateConfig::default();
+        for _ in 0..50 {
+            assert_ne!(sample(&logits, &config, false, &mut rng, &mut probs), END);
+        }
+        assert_eq!(sample(&logits, &config, true, &mut rng, &mut probs), END);
     }
 }

@@ -446,24 +446,54 @@ pub fn sample_batch(
 ) -> (Vec<u32>, Vec<u32>) {
     let mut inputs = Vec::with_capacity(batch * (need - 1));
     let mut targets = Vec::with_capacity(batch * (need - 1));
+    let piece_starts: Vec<usize> = stream
+        .iter()
+        .enumerate()
+        .filter(|&(_, &id)| id == crate::tokenizer::START)
+        .map(|(i, _)| i)
+        .collect();
     for _ in 0..batch {
-        let crop = crop(stream, need, augment, rng);
+        let crop = crop(stream, &piece_starts, need, augment, rng);
         inputs.extend(crop[..need - 1].iter().map(|&id| id as u32));
         targets.extend(crop[1..].iter().map(|&id| id as u32));
     }
     (inputs, targets)
 }
 
-fn crop(stream: &[u16], need: usize, augment: bool, rng: &mut Rng) -> Vec<u16> {
+/// One crop in this many begins exactly at a piece's START. Generation from silence starts with
+/// START and a zero state; crops that begin mid-piece never show the model that situation, and a
+/// model trained only on them did not learn that a piece opens with a VELOCITY event.
+const PIECE_START_CROP_ONE_IN: usize = 8;
+
+/// A random start for a window of `len` events: usually anywhere, sometimes at a piece start.
+fn crop_start(stream: &[u16], piece_starts: &[usize], len: usize, rng: &mut Rng) -> usize {
+    let last = stream.len() - len;
+    let at_piece = rng.below(PIECE_START_CROP_ONE_IN) == 0;
+    let anywhere = rng.below(last + 1);
+    let fitting = piece_starts.partition_point(|&p| p <= last);
+    if at_piece && fitting > 0 {
+        piece_starts[rng.below(fitting)]
+    } else {
+        anywhere
+    }
+}
+
+fn crop(
+    stream: &[u16],
+    piece_starts: &[usize],
+    need: usize,
+    augment: bool,
+    rng: &mut Rng,
+) -> Vec<u16> {
     if !augment {
-        let start = rng.below(stream.len() - need + 1);
+        let start = crop_start(stream, piece_starts, need, rng);
         return stream[start..start + need].to_vec();
     }
     let semitones = rng.range_i32(-3, 3);
     let stretch = 0.95 + 0.1 * rng.next_f64();
     // A slightly longer window, because stretching can drop time shifts.
     let len = (need + need / 4 + 8).min(stream.len());
-    let start = rng.below(stream.len() - len + 1);
+    let start = crop_start(stream, piece_starts, len, rng);
     let window = &stream[start..start + len];
     // A transposition that would leave the keyboard is skipped, not the crop.
     let moved = transpose(window, semitones).unwrap_or_else(|| window.to_vec());
@@ -589,5 +619,41 @@ pub fn format_duration(seconds: f64) -> String {
         format!("{}h{:02}m", s / 3600, s % 3600 / 60)
     } else {
         format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::{END, START};
+
+    #[test]
+    fn some_crops_begin_exactly_at_a_piece_start() {
+        // Pieces of 100 events: START, 98 notes, END.
+        let mut stream = Vec::new();
+        for _ in 0..50 {
+            stream.push(START);
+            stream.extend(std::iter::repeat_n(60u16, 98));
+            stream.push(END);
+        }
+        let mut rng = Rng::new(4);
+        let (inputs, _) = sample_batch(&stream, 4000, 33, false, &mut rng);
+        let at_start = inputs.chunks(32).filter(|c| c[0] == START as u32).count();
+        // One in eight by design, plus the 1 % that land on a START by chance.
+        assert!((430..680).contains(&at_start), "{at_start} of 4000");
+    }
+
+    #[test]
+    fn the_schedule_warms_up_then_decays_to_a_tenth() {
+        let c = TrainConfig {
+            steps: 1000,
+            warmup: 100,
+            lr: 1e-3,
+            ..TrainConfig::default()
+        };
+        assert!((c.lr_at(0) - 1e-5).abs() < 1e-12);
+        assert!((c.lr_at(99) - 1e-3).abs() < 1e-12);
+        assert!((c.lr_at(999) - 1e-4).abs() < 1e-6);
+        assert!(c.lr_at(500) < c.lr_at(200));
     }
 }

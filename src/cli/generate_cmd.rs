@@ -29,6 +29,9 @@ pub struct GenerateArgs {
     /// Seconds of new music.
     #[arg(long, default_value_t = 30.0)]
     pub seconds: f64,
+    /// The model may not end the piece before this many seconds (0: whenever it likes).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_seconds: f64,
     /// At most this many new events.
     #[arg(long, default_value_t = 20_000)]
     pub max_events: usize,
@@ -65,6 +68,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         top_k: (args.top_k > 0).then_some(args.top_k),
         top_p: (args.top_p < 1.0).then_some(args.top_p),
         max_seconds: args.seconds,
+        min_seconds: args.min_seconds,
         max_events: args.max_events,
         seed: args.seed,
         variations: args.variations,

@@ -39,6 +39,8 @@ pub struct GenerateSettings {
     pub seconds: f64,
     pub seed: u64,
     pub variations: usize,
+    /// Whether the model may end a piece before the requested length.
+    pub may_end_early: bool,
 }
 
 impl Default for GenerateSettings {
@@ -55,6 +57,7 @@ impl Default for GenerateSettings {
             seconds: 30.0,
             seed: 1,
             variations: 1,
+            may_end_early: false,
         }
     }
 }
@@ -312,6 +315,7 @@ impl GeneratePanel {
             }
         });
         ui.add(egui::Slider::new(&mut s.variations, 1..=8).text("variations"));
+        ui.checkbox(&mut s.may_end_early, "Let the model end the piece early");
 
         ui.horizontal(|ui| {
             let generating = self.job.is_some();
@@ -549,6 +553,7 @@ impl GeneratePanel {
             top_k: (s.top_k > 0).then_some(s.top_k),
             top_p: (s.top_p < 1.0).then_some(s.top_p),
             max_seconds: s.seconds,
+            min_seconds: if s.may_end_early { 0.0 } else { s.seconds },
             max_events: (s.seconds * 200.0).max(1000.0) as usize,
             seed: s.seed,
             variations: s.variations,

@@ -141,6 +141,13 @@ pub fn generate(
     let mut events: Vec<Vec<u16>> = vec![Vec::new(); batch];
     let mut done = vec![false; batch];
     let mut ended_by_model = vec![false; batch];
+    let primed_with_velocity = prefix.iter().any(|&id| {
+        matches!(
+            tokenizer::Event::from_id(id),
+            Some(tokenizer::Event::Velocity(_))
+        )
+    });
+    let mut has_velocity = vec![primed_with_velocity; batch];
     let mut probs = Vec::with_capacity(tokenizer::VOCAB_SIZE);
     for _ in 0..config.max_events {
         if cancel.load(Ordering::Relaxed) {
@@ -153,8 +160,15 @@ pub fn generate(
                 next.push(END as u32);
                 continue;
             }
-            let may_end = decoders[v].time() - primer_seconds >= config.min_seconds;
-            let id = sample(&rows[v], config, may_end, &mut rngs[v], &mut probs);
+            let allowed = Allowed {
+                end: decoders[v].time() - primer_seconds >= config.min_seconds,
+                notes: has_velocity[v],
+            };
+            let id = sample(&rows[v], config, allowed, &mut rngs[v], &mut probs);
+            has_velocity[v] |= matches!(
+                tokenizer::Event::from_id(id),
+                Some(tokenizer::Event::Velocity(_))
+            );
             let note = decoders[v].push(id);
             events[v].push(id);
             let seconds = decoders[v].time() - primer_seconds;
@@ -211,19 +225,33 @@ fn decoder_after(prefix: &[u16]) -> Decoder {
     d
 }
 
-/// Draws one id from logits with temperature, top-k and top-p. START is never drawn, and END
-/// only when `may_end`.
+/// Which events the grammar of a piece allows next (START is never allowed).
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed {
+    /// END: only after the minimum length.
+    pub end: bool,
+    /// NOTE_ON and NOTE_OFF: only once a VELOCITY has set the dynamics, as every encoded piece
+    /// does. Without this a model may open a piece as if in the middle of one, with releases of
+    /// notes never struck and onsets at the decoder's default velocity.
+    pub notes: bool,
+}
+
+/// Draws one id from logits with temperature, top-k and top-p, among the `allowed` events.
 pub fn sample(
     logits: &[f32],
     config: &GenerateConfig,
-    may_end: bool,
+    allowed: Allowed,
     rng: &mut Rng,
     probs: &mut Vec<(f64, u16)>,
 ) -> u16 {
     probs.clear();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     for (id, &l) in logits.iter().enumerate() {
-        if id as u16 == START || (id as u16 == END && !may_end) || !l.is_finite() {
+        let id16 = id as u16;
+        let forbidden = id16 == START
+            || (id16 == END && !allowed.end)
+            || (id16 < tokenizer::TIME_SHIFT && !allowed.notes);
+        if forbidden || !l.is_finite() {
             continue;
         }
         probs.push((((l as f64 - max) / config.temperature).exp(), id as u16));
@@ -263,6 +291,11 @@ pub fn sample(
 mod tests {
     use super::*;
 
+    const ANY: Allowed = Allowed {
+        end: true,
+        notes: true,
+    };
+
     #[test]
     fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
         let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
@@ -276,7 +309,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &greedy, true, &mut rng, &mut probs), 60);
+            assert_eq!(sample(&logits, &greedy, ANY, &mut rng, &mut probs), 60);
         }
         let nucleus = GenerateConfig {
             top_p: Some(0.5),
@@ -284,7 +317,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &nucleus, true, &mut rng, &mut probs), 60);
+            assert_eq!(sample(&logits, &nucleus, ANY, &mut rng, &mut probs), 60);
         }
         let wide = GenerateConfig {
             top_p: Some(0.99),
@@ -292,7 +325,7 @@ mod tests {
             ..Default::default()
         };
         let draws: Vec<u16> = (0..200)
-            .map(|_| sample(&logits, &wide, true, &mut rng, &mut probs))
+            .map(|_| sample(&logits, &wide, ANY, &mut rng, &mut probs))
             .collect();
         assert!(draws.contains(&60) && draws.contains(&61));
         assert!(draws.iter().all(|&d| d == 60 || d == 61));
@@ -306,8 +339,37 @@ mod tests {
         let mut probs = Vec::new();
         let config = GenerateConfig::default();
         for _ in 0..50 {
-            assert_ne!(sample(&logits, &config, false, &mut rng, &mut probs), END);
+            assert_ne!(
+                sample(
+                    &logits,
+                    &config,
+                    Allowed {
+                        end: false,
+                        notes: true
+                    },
+                    &mut rng,
+                    &mut probs
+                ),
+                END
+            );
         }
-        assert_eq!(sample(&logits, &config, true, &mut rng, &mut probs), END);
+        assert_eq!(sample(&logits, &config, ANY, &mut rng, &mut probs), END);
+        // Before any VELOCITY, no note event is drawn however likely.
+        let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
+        logits[60] = 50.0;
+        logits[128 + 60] = 50.0;
+        for _ in 0..50 {
+            let id = sample(
+                &logits,
+                &config,
+                Allowed {
+                    end: true,
+                    notes: false,
+                },
+                &mut rng,
+                &mut probs,
+            );
+            assert!(id >= tokenizer::TIME_SHIFT, "{id}");
+        }
     }
 }

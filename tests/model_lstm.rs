@@ -82,7 +82,11 @@ fn lstm_outputs_and_states_match_pytorch() {
     let stack = stack_from_fixture(&f);
     let zero = LstmState::zeros(2, 3, 16, &Device::Cpu).unwrap();
     let given = state_from(&f["input.h0"], &f["input.c0"]);
-    for recurrence in [Recurrence::Auto, Recurrence::Composed] {
+    for recurrence in [
+        Recurrence::Auto,
+        Recurrence::FusedBlocked,
+        Recurrence::Composed,
+    ] {
         for (state, suffix) in [(&zero, "zero_state"), (&given, "given_state")] {
             let (out, last) = stack.forward(&x, state, recurrence, None).unwrap();
             let err = max_rel_err(&out, &f[&format!("expect.output_{suffix}")]);
@@ -201,7 +205,11 @@ fn fused_matches_composed_outputs_states_and_gradients() {
             .sin()
             .unwrap();
         let mut results = Vec::new();
-        for recurrence in [Recurrence::Auto, Recurrence::Composed] {
+        for recurrence in [
+            Recurrence::Composed,
+            Recurrence::Auto,
+            Recurrence::FusedBlocked,
+        ] {
             let (out, last) = stack
                 .forward(x.as_tensor(), &state, recurrence, None)
                 .unwrap();
@@ -225,7 +233,12 @@ fn fused_matches_composed_outputs_states_and_gradients() {
             }
             results.push(tensors);
         }
-        for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        for (i, (a, b)) in results[1]
+            .iter()
+            .chain(&results[2])
+            .zip(results[0].iter().cycle())
+            .enumerate()
+        {
             let err = max_rel_err(a, b);
             assert!(
                 err < 1e-5,

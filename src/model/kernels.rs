@@ -1,8 +1,11 @@
 //! The two small matrix products an LSTM step runs, hand-vectorised for this shape.
 //!
 //! Per time step the recurrence multiplies a thin batch of states (`B` rows, 16-32 here) by the
-//! whole recurrent weight matrix (`4H x H`). A general GEMM re-packs that matrix on every call,
-//! which for these shapes costs as much as the arithmetic (DESIGN.md, "Measured pitfalls").
+//! whole recurrent weight matrix (`4H x H`). A general GEMM re-packs that matrix on every call
+//! (DESIGN.md, "Measured pitfalls"); these kernels avoid that. Measured on the reference model
+//! (`echoai bench train`), they are still slower than the `gemm` crate on this machine
+//! (2,700-2,800 against 3,200-3,400 training tokens/s), so `Recurrence::Auto` uses `gemm` and
+//! these stay selectable (`Recurrence::FusedBlocked`) for tuning.
 //! Here each step streams the weight rows once, in a layout fixed for the whole sequence, and adds
 //! every row into all batch rows (an "axpy" per weight row, which vectorises along the row); the
 //! work is split across threads by output columns. AVX-512 or AVX2+FMA are chosen at run time;

@@ -15,10 +15,11 @@ use crate::rng::Rng;
 /// How the recurrence of a sequence is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recurrence {
-    /// The fused custom op on CPU f32 (with the blocked step kernels), composed ops elsewhere.
+    /// The fused custom op on CPU f32 (step products by the `gemm` crate), composed ops elsewhere.
     Auto,
-    /// The fused custom op with the general `gemm` crate for the step products (for comparison).
-    FusedGemm,
+    /// The fused custom op with the hand-written step kernels of `model::kernels` (measured
+    /// slower than `gemm` on this machine; kept for the benchmark and for tuning).
+    FusedBlocked,
     /// Composed candle ops, step by step (the reference).
     Composed,
 }
@@ -97,10 +98,10 @@ impl LstmLayer {
             let xproj = xproj.contiguous()?;
             // Activations are kept only when autograd will ask for the backward pass.
             let needs_grad = xproj.track_op() || self.w_hh.track_op() || state0.track_op();
-            let product = if recurrence == Recurrence::FusedGemm {
-                StepProduct::Gemm
-            } else {
+            let product = if recurrence == Recurrence::FusedBlocked {
                 StepProduct::Blocked
+            } else {
+                StepProduct::Gemm
             };
             let out =
                 xproj.apply_op3(&self.w_hh, &state0, FusedLstmOp::new(needs_grad, product))?;

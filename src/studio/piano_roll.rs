@@ -198,6 +198,8 @@ impl PianoRoll {
         let clip = painter.with_clip_rect(g.notes);
         let mut hovered = None;
         let pointer = response.hover_pos();
+        let mut notes_mesh = egui::Mesh::default();
+        let mut selected = Vec::new();
         for index in doc.visible_range(self.view_start, view_end) {
             let n = &doc.notes()[index];
             if n.note.end < self.view_start
@@ -217,20 +219,26 @@ impl PianoRoll {
                     self.y_of(g.notes, n.note.pitch as f32) - 0.5,
                 ),
             );
-            clip.rect_filled(r, 1.5, note_color(n.origin, n.note.velocity));
+            // One mesh of plain quads for all notes: a zoomed-out piece has tens of thousands, and
+            // tessellating each as an anti-aliased rounded rectangle took most of the frame.
+            notes_mesh.add_colored_rect(r, note_color(n.origin, n.note.velocity));
             if n.selected {
-                clip.rect_stroke(
-                    r,
-                    1.5,
-                    Stroke::new(1.5, Color32::WHITE),
-                    StrokeKind::Outside,
-                );
+                selected.push(r);
             }
             if pointer.is_some_and(|p| r.contains(p)) {
                 hovered = Some(index);
             }
         }
 
+        clip.add(egui::Shape::mesh(notes_mesh));
+        for r in selected {
+            clip.rect_stroke(
+                r,
+                1.5,
+                Stroke::new(1.5, Color32::WHITE),
+                StrokeKind::Outside,
+            );
+        }
         if let Some(t) = playhead {
             let x = self.x_of(g.notes, t);
             if g.notes.x_range().contains(x) {

@@ -1,11 +1,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// What was wrong with a MIDI file.
+/// What was wrong with a MIDI file. Each message includes its cause, so none is chained as a
+/// `source` (a chain would print the same words twice).
 #[derive(Debug, thiserror::Error)]
 pub enum MidiErrorKind {
     #[error("cannot read the file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    #[error("cannot write the file: {0}")]
+    Write(std::io::Error),
     #[error("the file is {size} bytes, larger than the {limit}-byte limit for a MIDI file")]
     TooLarge { size: u64, limit: u64 },
     #[error("not a valid Standard MIDI File: {0}")]
@@ -36,6 +39,12 @@ impl MidiError {
     }
 }
 
+impl From<std::io::Error> for MidiErrorKind {
+    fn from(e: std::io::Error) -> Self {
+        MidiErrorKind::Io(e)
+    }
+}
+
 impl From<MidiErrorKind> for MidiError {
     fn from(kind: MidiErrorKind) -> Self {
         MidiError::new(kind)
@@ -51,8 +60,4 @@ impl fmt::Display for MidiError {
     }
 }
 
-impl std::error::Error for MidiError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.kind)
-    }
-}
+impl std::error::Error for MidiError {}

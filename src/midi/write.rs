@@ -31,7 +31,7 @@ pub fn midi_bytes(perf: &Performance) -> Result<Vec<u8>, MidiError> {
     smf.tracks.push(piano_track(perf));
     let mut bytes = Vec::new();
     smf.write_std(&mut bytes)
-        .map_err(|e| MidiError::new(MidiErrorKind::Io(e)))?;
+        .map_err(|e| MidiError::new(MidiErrorKind::Write(e)))?;
     Ok(bytes)
 }
 
@@ -39,7 +39,8 @@ pub fn midi_bytes(perf: &Performance) -> Result<Vec<u8>, MidiError> {
 /// half-written.
 pub fn write_midi(perf: &Performance, path: &Path) -> Result<(), MidiError> {
     let bytes = midi_bytes(perf).map_err(|e| e.at(path))?;
-    crate::fsutil::write_atomic(path, &bytes).map_err(|e| MidiError::new(e.into()).at(path))
+    crate::fsutil::write_atomic(path, &bytes)
+        .map_err(|e| MidiError::new(MidiErrorKind::Write(e)).at(path))
 }
 
 fn meta(delta: u32, message: MetaMessage<'static>) -> TrackEvent<'static> {

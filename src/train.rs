@@ -261,6 +261,7 @@ fn run(
         )));
     }
     let val_crops = validation_crops(&data.validation, need, cfg.validation_crops);
+    let starts = piece_starts(&data.train);
     on_event(TrainEvent::Started {
         start_step: s.state.step,
         total_steps: cfg.steps,
@@ -290,8 +291,14 @@ fn run(
             continue;
         }
         let t0 = Instant::now();
-        let (inputs, targets) =
-            sample_batch(&data.train, cfg.batch, need, cfg.augment, &mut s.state.rng);
+        let (inputs, targets) = sample_batch(
+            &data.train,
+            &starts,
+            cfg.batch,
+            need,
+            cfg.augment,
+            &mut s.state.rng,
+        );
         let inputs = Tensor::from_vec(inputs, (cfg.batch, cfg.seq_len), &s.device)?;
         let targets = Tensor::from_vec(targets, cfg.batch * cfg.seq_len, &s.device)?;
         let logits = s.model.forward(&inputs, Some(&mut s.state.rng))?;
@@ -439,6 +446,7 @@ fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Sessio
 /// `batch` crops of `need` events: inputs are the first `need - 1`, targets the last `need - 1`.
 pub fn sample_batch(
     stream: &[u16],
+    piece_starts: &[usize],
     batch: usize,
     need: usize,
     augment: bool,
@@ -446,18 +454,22 @@ pub fn sample_batch(
 ) -> (Vec<u32>, Vec<u32>) {
     let mut inputs = Vec::with_capacity(batch * (need - 1));
     let mut targets = Vec::with_capacity(batch * (need - 1));
-    let piece_starts: Vec<usize> = stream
-        .iter()
-        .enumerate()
-        .filter(|&(_, &id)| id == crate::tokenizer::START)
-        .map(|(i, _)| i)
-        .collect();
     for _ in 0..batch {
-        let crop = crop(stream, &piece_starts, need, augment, rng);
+        let crop = crop(stream, piece_starts, need, augment, rng);
         inputs.extend(crop[..need - 1].iter().map(|&id| id as u32));
         targets.extend(crop[1..].iter().map(|&id| id as u32));
     }
     (inputs, targets)
+}
+
+/// The positions of START in a stream: where pieces begin.
+pub fn piece_starts(stream: &[u16]) -> Vec<usize> {
+    stream
+        .iter()
+        .enumerate()
+        .filter(|&(_, &id)| id == crate::tokenizer::START)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// One crop in this many begins exactly at a piece's START. Generation from silence starts with
@@ -637,7 +649,7 @@ mod tests {
             stream.push(END);
         }
         let mut rng = Rng::new(4);
-        let (inputs, _) = sample_batch(&stream, 4000, 33, false, &mut rng);
+        let (inputs, _) = sample_batch(&stream, &piece_starts(&stream), 4000, 33, false, &mut rng);
         let at_start = inputs.chunks(32).filter(|c| c[0] == START as u32).count();
         // One in eight by design, plus the 1 % that land on a START by chance.
         assert!((430..680).contains(&at_start), "{at_start} of 4000");

@@ -36,14 +36,8 @@ pub struct TrainData {
 
 impl TrainData {
     pub fn from_corpus(corpus: &Corpus) -> Self {
-        let join = |split| -> Vec<u16> {
-            corpus
-                .split(split)
-                .flat_map(|p| p.events.iter().copied())
-                .collect()
-        };
-        let train = join(Split::Train);
-        let validation = join(Split::Validation);
+        let train = corpus.stream(Split::Train);
+        let validation = corpus.stream(Split::Validation);
         TrainData {
             summary: DataSummary {
                 root: corpus.root.display().to_string(),

@@ -71,10 +71,7 @@ fn unigram_nll(stream: &[u16]) -> f64 {
 #[test]
 fn bundled_models_beat_a_unigram_model_on_the_validation_split() {
     let corpus = Corpus::load(Path::new("assets/corpus"), &|_, _| {}).unwrap();
-    let validation: Vec<u16> = corpus
-        .split(Split::Validation)
-        .flat_map(|p| p.events.iter().copied())
-        .collect();
+    let validation = corpus.stream(Split::Validation);
     let unigram = unigram_nll(&validation);
     assert!(unigram > 3.0, "{unigram}");
     for (dir, kind) in MODELS {

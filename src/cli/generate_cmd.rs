@@ -11,7 +11,7 @@ use crate::device::DeviceChoice;
 use crate::generate::{GenerateConfig, generate};
 use crate::midi::{read_midi, write_midi};
 use crate::model::checkpoint::load_for_inference;
-use crate::train::{TrainData, evaluate_stream};
+use crate::train::evaluate_stream;
 
 use super::train_cmd::parse_device;
 
@@ -157,15 +157,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.open().map_err(anyhow::Error::msg)?;
     let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
     let corpus = Corpus::load(&args.data, &|_, _| {})?;
-    let data = TrainData::from_corpus(&corpus);
-    let stream: Vec<u16> = match args.split {
-        Split::Train => data.train,
-        Split::Validation => data.validation,
-        Split::Test => corpus
-            .split(Split::Test)
-            .flat_map(|p| p.events.iter().copied())
-            .collect(),
-    };
+    let stream = corpus.stream(args.split);
     let nll = evaluate_stream(&model, &stream, args.seq, args.batch)?.ok_or_else(|| {
         anyhow::anyhow!(
             "the {} split of {} is empty",

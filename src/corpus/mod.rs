@@ -172,4 +172,12 @@ impl Corpus {
     pub fn split(&self, split: Split) -> impl Iterator<Item = &Piece> {
         self.pieces.iter().filter(move |p| p.split == split)
     }
+
+    /// One split's pieces joined end to end (each is START ... END): what training and
+    /// evaluation read.
+    pub fn stream(&self, split: Split) -> Vec<u16> {
+        self.split(split)
+            .flat_map(|p| p.events.iter().copied())
+            .collect()
+    }
 }

@@ -8,5 +8,7 @@ mod write;
 
 pub use error::{MidiError, MidiErrorKind};
 pub use notes::{DRUM_CHANNEL, NoteTracker};
-pub use read::{MAX_FILE_BYTES, MAX_PIECE_SECONDS, parse_midi, read_midi, tempo_bpm};
+pub use read::{
+    MAX_FILE_BYTES, MAX_PIECE_SECONDS, parse_midi, read_midi, read_midi_with_tempo, tempo_bpm,
+};
 pub use write::{TICKS_PER_QUARTER, WRITE_TEMPO_US_PER_QUARTER, midi_bytes, write_midi};

@@ -18,8 +18,14 @@ pub const MAX_PIECE_SECONDS: f64 = 6.0 * 3600.0;
 
 /// Reads a MIDI file from disk. The error names the file.
 pub fn read_midi(path: &Path) -> Result<Performance, MidiError> {
+    read_midi_with_tempo(path).map(|(perf, _)| perf)
+}
+
+/// As [`read_midi`], with the file's first tempo (see [`tempo_bpm`]), from one read of the file.
+pub fn read_midi_with_tempo(path: &Path) -> Result<(Performance, Option<f64>), MidiError> {
     let bytes = read_bounded(path).map_err(|e| MidiError::new(e).at(path))?;
-    parse_midi(&bytes).map_err(|e| e.at(path))
+    let perf = parse_midi(&bytes).map_err(|e| e.at(path))?;
+    Ok((perf, tempo_bpm(&bytes)))
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, MidiErrorKind> {

@@ -13,7 +13,7 @@
 //! and other machines run the same loop compiled for the baseline target.
 
 /// Columns handled by one thread per call.
-fn split_rows(n: usize) -> usize {
+fn split_columns(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
@@ -57,7 +57,7 @@ pub fn d_times_w(
     assert!(d.len() >= b * n && w.len() >= n * k && out.len() >= b * k);
     scratch.resize(b * k, 0.0);
     let cols_kernel = kernel();
-    let per_task = split_rows(k).div_ceil(16) * 16;
+    let per_task = split_columns(k).div_ceil(16) * 16;
     let blocks = &mut scratch[..b * k];
     rayon::scope(|s| {
         let mut rest = blocks;

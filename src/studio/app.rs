@@ -18,7 +18,7 @@ use super::piano_roll::{PianoRoll, RollAction};
 use super::train_panel::{TrainPanel, TrainPanelEvent, TrainSettings};
 use crate::audio::{PianoSoundFont, render_performance, write_wav};
 use crate::live_midi::{MidiIn, MidiOut, PortChoice};
-use crate::midi::{read_midi, tempo_bpm, write_midi};
+use crate::midi::{read_midi_with_tempo, write_midi};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Tab {
@@ -174,15 +174,15 @@ impl Studio {
     /// Opens a MIDI file onto the roll: the one path the dialog, drag and drop, the library and
     /// the recent list all use.
     pub fn open_path(&mut self, path: &Path) -> Result<(), String> {
-        match read_midi(path) {
-            Ok(perf) => {
+        match read_midi_with_tempo(path) {
+            Ok((perf, tempo)) => {
                 let name = path.file_name().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into_owned(),
                 );
                 let mut doc = Document::new(name.clone(), &perf, NoteOrigin::Loaded);
                 doc.path = Some(path.to_path_buf());
-                doc.tempo_bpm = std::fs::read(path).ok().and_then(|b| tempo_bpm(&b));
+                doc.tempo_bpm = tempo;
                 self.doc = doc;
                 self.fit_pending = true;
                 self.recent_files.retain(|p| p != path);
@@ -310,13 +310,11 @@ impl Studio {
 
     fn show_take(&mut self, index: usize) {
         if let Some(entry) = self.generate.takes.get(index) {
-            let mut doc = Document::from_take(
+            self.doc = Document::from_take(
                 entry.name.clone(),
                 &entry.take.performance,
                 entry.take.primer_seconds,
             );
-            doc.tempo_bpm = None;
-            self.doc = doc;
             self.fit_pending = true;
         }
     }

@@ -49,16 +49,14 @@ impl DeviceChoice {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             Self::Auto => {
-                if cfg!(feature = "cuda") {
-                    if let Ok(d) = Device::new_cuda(0) {
+                if cfg!(feature = "cuda")
+                    && let Ok(d) = Device::new_cuda(0) {
                         return Ok(d);
                     }
-                }
-                if cfg!(feature = "metal") {
-                    if let Ok(d) = Device::new_metal(0) {
+                if cfg!(feature = "metal")
+                    && let Ok(d) = Device::new_metal(0) {
                         return Ok(d);
                     }
-                }
                 Ok(Device::Cpu)
             }
             Self::Cuda if !cfg!(feature = "cuda") => Err(

@@ -51,10 +51,10 @@ impl GenerateConfig {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(format!("temperature {} must be above 0", self.temperature));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(format!("top-p {p} must be in (0, 1]"));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(format!("top-p {p} must be in (0, 1]"));
         }
         if self.top_k == Some(0) {
             return Err("top-k must be at least 1".into());

@@ -325,14 +325,15 @@ fn run(
             eta_s: avg * (cfg.steps - s.state.step) as f64,
         });
         let last = s.state.step == cfg.steps;
-        if cfg.validate_every > 0 && (s.state.step % cfg.validate_every == 0 || last) {
-            if let Some(nll) = evaluate_crops(&s.model, &val_crops, cfg.batch, &s.device)? {
-                s.state.validations.push((s.state.step, nll));
-                on_event(TrainEvent::Validation {
-                    step: s.state.step,
-                    nll,
-                });
-            }
+        if cfg.validate_every > 0
+            && (s.state.step % cfg.validate_every == 0 || last)
+            && let Some(nll) = evaluate_crops(&s.model, &val_crops, cfg.batch, &s.device)?
+        {
+            s.state.validations.push((s.state.step, nll));
+            on_event(TrainEvent::Validation {
+                step: s.state.step,
+                nll,
+            });
         }
         let periodic = cfg.checkpoint_every > 0 && s.state.step % cfg.checkpoint_every == 0;
         if (periodic || control.checkpoint_now.swap(false, Ordering::SeqCst)) && !last {

@@ -76,10 +76,10 @@ impl PlayerHandle {
 
     pub fn pause(&self) {
         self.shared.playing.store(false, Ordering::SeqCst);
-        if let Ok(mut r) = self.shared.renderer.lock() {
-            if let Some(r) = r.as_mut() {
-                r.silence();
-            }
+        if let Ok(mut r) = self.shared.renderer.lock()
+            && let Some(r) = r.as_mut()
+        {
+            r.silence();
         }
     }
 

@@ -180,10 +180,8 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
         flops / 1e6,
         peak * 1e9 / flops
     );
-    let mut rows: Vec<(&str, Recurrence, bool)> = vec![
-        ("echoai fused LSTM", Recurrence::Auto, true),
-        ("echoai fused, own kernels", Recurrence::FusedBlocked, true),
-    ];
+    let mut rows: Vec<(&str, Recurrence, bool)> =
+        vec![("echoai fused LSTM", Recurrence::Auto, true)];
     if composed {
         rows.push(("echoai composed LSTM", Recurrence::Composed, true));
     }

@@ -9,7 +9,7 @@ use crate::corpus::{Corpus, Split};
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let show_progress = std::io::stderr().is_terminal() && !json;
     let progress = |done: usize, total: usize| {
-        if show_progress && (done % 16 == 0 || done == total) {
+        if show_progress && (done.is_multiple_of(16) || done == total) {
             eprint!("\rparsing {done}/{total} files");
         }
     };

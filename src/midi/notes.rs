@@ -129,15 +129,15 @@ impl ChannelState {
     }
 
     fn finish(&mut self, pitch: u8, time: f64, notes: &mut Vec<Note>) {
-        if let Some(s) = self.sounding[pitch as usize].take() {
-            if time > s.start {
-                notes.push(Note {
-                    pitch,
-                    velocity: s.velocity,
-                    start: s.start,
-                    end: time,
-                });
-            }
+        if let Some(s) = self.sounding[pitch as usize].take()
+            && time > s.start
+        {
+            notes.push(Note {
+                pitch,
+                velocity: s.velocity,
+                start: s.start,
+                end: time,
+            });
         }
     }
 }

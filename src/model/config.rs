@@ -89,7 +89,7 @@ impl ModelConfig {
             if self.window == 0 || self.heads == 0 {
                 return Err("window and heads must be at least 1".into());
             }
-            if self.hidden % self.heads != 0 {
+            if !self.hidden.is_multiple_of(self.heads) {
                 return Err(format!(
                     "hidden size {} is not divisible by {} heads",
                     self.hidden, self.heads

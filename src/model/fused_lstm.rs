@@ -1,56 +1,115 @@
-//! One LSTM layer's whole recurrence as a single candle custom op, with a hand-written backward
-//! pass through time (CPU, f32).
+//! One LSTM layer, input projection and whole recurrence, as a single candle custom op with a
+//! hand-written backward pass through time (CPU, f32).
 //!
 //! Why: candle's autograd of a per-step `narrow` builds a zero-padded gradient as large as the
-//! whole sequence for every step, so a composed LSTM costs O(T^2) memory traffic in training
-//! (DESIGN.md, "Measured pitfalls"). Here the forward runs, per step, one GEMM `h_{t-1} W_hh^T`
-//! plus one pass over the gates, and stores the activations; the backward runs, per step, one pass
-//! of gate derivatives and one GEMM for `dh_{t-1}`, then `dW_hh` as one large GEMM over all steps.
-//! The input projection `x W_ih^T + b` stays outside (one matmul, differentiated by autograd).
+//! whole sequence for every step (O(T^2) memory traffic, DESIGN.md "Measured pitfalls"), and
+//! even the differentiated input projection cost as much as the recurrence in a measured
+//! training step. Here:
+//! - forward: one GEMM `x W_ih^T` for all steps; per step, on a team of threads that each own a
+//!   slice of the hidden units (see [`super::team`]), the product `h_{t-1} W_hh^T` for their
+//!   gate columns on weights packed once ([`super::kernels`]) and one vectorised pass over
+//!   their gates ([`super::gates`]), then one barrier;
+//! - backward: per step, the gate derivatives of a member's units, a barrier, and the product
+//!   `da_t W_hh` for its units; then `dW_ih`, `dW_hh`, the bias and `dx` as single large GEMMs
+//!   over all steps.
 //!
-//! Inputs: `xproj [B, T, 4H]` (gate order i, f, g, o as PyTorch), `w_hh [4H, H]`,
-//! `state0 [2, B, H]` (h0 then c0). Output `[B, T + 1, H]`: `h_1 .. h_T`, then the final cell
-//! state `c_T` in the last row.
+//! Inputs: `x [B, T, In]`; `w [4H, In + H]` = `W_ih | W_hh` (gate order i, f, g, o as
+//! PyTorch); `extra [4H + 2 B H]` = the summed bias, `h_0 [B, H]`, `c_0 [B, H]`.
+//! Output `[B, T + 1, H]`: `h_1 .. h_T`, then the final cell state `c_T` in the last row.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
-/// What the backward pass needs from the forward pass.
+use super::gates::{BackwardRow, ForwardRow, Simd};
+use super::kernels::{Kernel, PANEL, Panels};
+use super::team::{SharedMut, run_team, share, team_size};
+
+/// What the backward pass needs from the forward pass (all time-major).
 struct Saved {
-    /// Post-activation gates i, f, g, o: `[T, B, 4H]`.
+    /// Activated gates i, f, g, o: `[T, B, 4H]`.
     gates: Vec<f32>,
-    /// Cell states `c_0 .. c_T` (index 0 is the initial state): `[T + 1, B, H]`.
+    /// `tanh(c_t)`: `[T, B, H]`.
+    tanh_c: Vec<f32>,
+    /// `c_0 .. c_T`: `[T + 1, B, H]`.
     cells: Vec<f32>,
-    /// `h_{t-1}` for every (b, t): `[B, T, H]`, the right operand of the `dW_hh` GEMM.
-    h_prev: Vec<f32>,
-}
-
-/// Which routine multiplies by `W_hh` in the step loops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepProduct {
-    /// The hand-vectorised kernels of [`super::kernels`] (no re-packing of `W_hh`).
-    Blocked,
-    /// The general `gemm` crate (kept for comparison).
-    Gemm,
+    /// `h_0 .. h_T`: `[T + 1, B, H]`; the first `T` blocks are the operand of the `dW_hh` GEMM.
+    hs: Vec<f32>,
 }
 
 pub struct FusedLstmOp {
     keep_for_backward: bool,
-    product: StepProduct,
+    kernel: Kernel,
+    simd: Simd,
     saved: Mutex<Option<Saved>>,
 }
 
 impl FusedLstmOp {
     /// `keep_for_backward`: store activations (training); inference skips that memory.
-    pub fn new(keep_for_backward: bool, product: StepProduct) -> Self {
+    pub fn new(keep_for_backward: bool) -> Self {
+        Self::with_kernel(keep_for_backward, Kernel::detect())
+    }
+
+    /// As [`FusedLstmOp::new`] with a chosen step kernel (tests compare them).
+    pub fn with_kernel(keep_for_backward: bool, kernel: Kernel) -> Self {
         FusedLstmOp {
             keep_for_backward,
-            product,
+            kernel,
+            simd: Simd::detect(),
             saved: Mutex::new(None),
         }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    input: usize,
+    h: usize,
+}
+
+impl Dims {
+    fn of(x: &Shape, w: &Shape, extra: &Shape) -> Result<Dims> {
+        let (b, t, input) = x.dims3()?;
+        let (four_h, width) = w.dims2()?;
+        let h = four_h / 4;
+        let fits =
+            h > 0 && four_h == 4 * h && width == input + h && extra.dims1()? == 4 * h + 2 * b * h;
+        if !fits {
+            bail!("fused LSTM: shapes {x:?} {w:?} {extra:?} do not fit together")
+        }
+        Ok(Dims { b, t, input, h })
+    }
+
+    /// Panels of 32 hidden units: the indivisible share of a team member.
+    fn unit_panels(&self) -> usize {
+        self.h.div_ceil(PANEL)
+    }
+
+    /// Row width of `w`.
+    fn w_width(&self) -> usize {
+        self.input + self.h
+    }
+}
+
+/// The hidden units (`units`) and unit panels (`panels`) a team member owns.
+struct Share {
+    panels: std::ops::Range<usize>,
+    units: std::ops::Range<usize>,
+}
+
+impl Share {
+    fn of(d: &Dims, member: usize, threads: usize) -> Share {
+        let panels = share(d.unit_panels(), member, threads);
+        let units = (panels.start * PANEL).min(d.h)..(panels.end * PANEL).min(d.h);
+        Share { panels, units }
+    }
+
+    /// Padded width of the member's per-gate scratch rows.
+    fn width(&self) -> usize {
+        self.panels.len() * PANEL
     }
 }
 
@@ -64,32 +123,36 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     Ok(&v[start..end])
 }
 
-fn parallelism(flops: usize) -> Parallelism {
-    if flops >= 1 << 20 {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` with explicit (row, column) strides for each operand.
+/// `dst[m, n] = lhs[m, k] * rhs[k, n]` (row stride of `dst`: `dst_rs`), operands given with
+/// explicit (row, column) strides; split across the rayon pool when large.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    accumulate: bool,
+    dst_rs: usize,
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    debug_assert!(dst.len() >= m * n);
-    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the debug assertions above state the bounds every call site guarantees by
-    // construction: dst holds m x n row-major, lhs and rhs hold the strided m x k and k x n views.
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n, "matmul: dst too short");
+    assert!(
+        k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
+        "matmul: lhs too short"
+    );
+    assert!(
+        k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
+        "matmul: rhs too short"
+    );
+    let parallelism = if 2 * m * n * k >= 1 << 20 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the assertions above bound every element the strided views address.
     unsafe {
         gemm::gemm(
             m,
@@ -97,27 +160,38 @@ fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
-            accumulate,
+            dst_rs as isize,
+            false,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
+            0.0,
             1.0,
             false,
             false,
             false,
-            parallelism(2 * m * n * k),
+            parallelism,
         )
     }
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `[A, B, C]` row-major to `[B, A, C]`.
+fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; a * b * c];
+    for i in 0..a {
+        for j in 0..b {
+            out[(j * a + i) * c..(j * a + i + 1) * c]
+                .copy_from_slice(&src[(i * b + j) * c..(i * b + j + 1) * c]);
+        }
+    }
+    out
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("fused LSTM: poisoned lock".into())
 }
 
 impl CustomOp3 for FusedLstmOp {
@@ -134,235 +208,286 @@ impl CustomOp3 for FusedLstmOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, t_len, four_h) = l1.shape().dims3()?;
-        let h = four_h / 4;
-        if l2.shape().dims2()? != (four_h, h) || l3.shape().dims3()? != (2, b, h) {
-            bail!(
-                "fused LSTM: shapes {:?} {:?} {:?} do not fit together",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )
-        }
-        let xproj = f32_slice(s1, l1, "xproj")?;
-        let w_hh = f32_slice(s2, l2, "w_hh")?;
-        let state0 = f32_slice(s3, l3, "state0")?;
+        let d = Dims::of(l1.shape(), l2.shape(), l3.shape())?;
+        let Dims { b, t, input, h } = d;
+        let (x, w) = (f32_slice(s1, l1, "x")?, f32_slice(s2, l2, "w")?);
+        let extra = f32_slice(s3, l3, "extra")?;
+        let (four_h, ww) = (4 * h, d.w_width());
+        let bias = &extra[..four_h];
 
-        let mut h_cur = state0[..b * h].to_vec();
-        let mut c_cur = state0[b * h..].to_vec();
-        let mut pre = vec![0f32; b * four_h];
-        let mut out = vec![0f32; b * (t_len + 1) * h];
-        let keep = self.keep_for_backward;
-        let mut gates_all = if keep {
-            vec![0f32; t_len * b * four_h]
-        } else {
-            Vec::new()
-        };
-        let mut cells = if keep {
-            vec![0f32; (t_len + 1) * b * h]
-        } else {
-            Vec::new()
-        };
-        let mut h_prev = if keep {
-            vec![0f32; b * t_len * h]
-        } else {
-            Vec::new()
-        };
-        if keep {
-            cells[..b * h].copy_from_slice(&c_cur);
-        }
-        let mut scratch = vec![0f32; b * four_h];
-        let mut product_scratch = Vec::with_capacity(b * four_h);
-        let mut w_hh_t = Vec::new();
-        if self.product == StepProduct::Blocked {
-            super::kernels::transpose(w_hh, four_h, h, &mut w_hh_t);
-        }
+        // x W_ih^T for all steps: W_ih^T[k, n] = w[n * ww + k].
+        let mut xproj = vec![0f32; b * t * four_h];
+        matmul(
+            (b * t, four_h, input),
+            &mut xproj,
+            four_h,
+            x,
+            (input, 1),
+            w,
+            (1, ww),
+        );
 
-        for t in 0..t_len {
-            if keep {
-                for bi in 0..b {
-                    let row = (bi * t_len + t) * h;
-                    h_prev[row..row + h].copy_from_slice(&h_cur[bi * h..(bi + 1) * h]);
-                }
-            }
-            // pre = h_{t-1} W_hh^T: W_hh is [4H, H] row-major, so W_hh^T[k, n] = w_hh[n * H + k].
-            match self.product {
-                StepProduct::Blocked => super::kernels::d_times_w(
-                    &h_cur,
-                    &w_hh_t,
-                    &mut pre,
-                    &mut product_scratch,
-                    b,
-                    h,
-                    four_h,
-                ),
-                StepProduct::Gemm => {
-                    matmul(b, four_h, h, &mut pre, false, &h_cur, (h, 1), w_hh, (1, h))
-                }
-            }
-            let gates_t: &mut [f32] = if keep {
-                &mut gates_all[t * b * four_h..(t + 1) * b * four_h]
+        // W_hh^T in panels: panel g * P + u holds gate g's columns for units 32u .. 32u + 31.
+        let units = d.unit_panels();
+        let panels = Panels::pack(h, 4 * units, |p, kk, c| {
+            let (g, j) = (p / units, (p % units) * PANEL + c);
+            if j < h {
+                w[(g * h + j) * ww + input + kk]
             } else {
-                &mut scratch
-            };
-            pre.par_chunks_mut(four_h)
-                .zip(gates_t.par_chunks_mut(four_h))
-                .zip(h_cur.par_chunks_mut(h))
-                .zip(c_cur.par_chunks_mut(h))
-                .enumerate()
-                .for_each(|(bi, (((pre, gates), h_row), c_row))| {
-                    let x = &xproj[(bi * t_len + t) * four_h..(bi * t_len + t + 1) * four_h];
-                    for j in 0..h {
-                        let i = sigmoid(pre[j] + x[j]);
-                        let f = sigmoid(pre[h + j] + x[h + j]);
-                        let g = (pre[2 * h + j] + x[2 * h + j]).tanh();
-                        let o = sigmoid(pre[3 * h + j] + x[3 * h + j]);
-                        // c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
-                        let c = f * c_row[j] + i * g;
-                        c_row[j] = c;
-                        h_row[j] = o * c.tanh();
-                        gates[j] = i;
-                        gates[h + j] = f;
-                        gates[2 * h + j] = g;
-                        gates[3 * h + j] = o;
+                0.0
+            }
+        });
+
+        let keep = self.keep_for_backward;
+        let mut hs = vec![0f32; (t + 1) * b * h];
+        let mut cells = vec![0f32; (t + 1) * b * h];
+        hs[..b * h].copy_from_slice(&extra[four_h..four_h + b * h]);
+        cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
+        let mut gates = vec![0f32; if keep { t * b * four_h } else { 0 }];
+        let mut tanh_c = vec![0f32; if keep { t * b * h } else { 0 }];
+
+        let threads = team_size(units);
+        {
+            let hs = SharedMut::new(&mut hs);
+            let cells = SharedMut::new(&mut cells);
+            let gates = SharedMut::new(&mut gates);
+            let tanh_c = SharedMut::new(&mut tanh_c);
+            let (kernel, simd, xproj, panels) = (self.kernel, self.simd, &xproj, &panels);
+            run_team(threads, |member, barrier| {
+                let my = Share::of(&d, member, threads);
+                let (j0, n, width) = (my.units.start, my.units.len(), my.width());
+                let mut pre = vec![0f32; 4 * b * width];
+                let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
+                let mut spare_tanh = vec![0f32; if keep { 0 } else { width }];
+                for step in 0..t {
+                    let block = step * b * h;
+                    // SAFETY: block `step` of hs/cells was completed before the last barrier
+                    // (or is the initial state); this step writes only block `step + 1`.
+                    let (h_prev, c_prev) = unsafe {
+                        (
+                            hs.slice(block..block + b * h),
+                            cells.slice(block..block + b * h),
+                        )
+                    };
+                    for g in 0..4 {
+                        for (q, u) in my.panels.clone().enumerate() {
+                            let out = &mut pre[g * b * width + q * PANEL..];
+                            let panel = panels.panel(g * units + u);
+                            kernel.panel_product(h_prev, h, b, panel, h, out, width);
+                        }
                     }
-                });
-            for bi in 0..b {
-                let row = (bi * (t_len + 1) + t) * h;
-                out[row..row + h].copy_from_slice(&h_cur[bi * h..(bi + 1) * h]);
-            }
-            if keep {
-                cells[(t + 1) * b * h..(t + 2) * b * h].copy_from_slice(&c_cur);
-            }
-        }
-        for bi in 0..b {
-            let row = (bi * (t_len + 1) + t_len) * h;
-            out[row..row + h].copy_from_slice(&c_cur[bi * h..(bi + 1) * h]);
-        }
-        if keep {
-            let mut saved = self
-                .saved
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("fused LSTM: poisoned lock".into()))?;
-            *saved = Some(Saved {
-                gates: gates_all,
-                cells,
-                h_prev,
+                    for bi in 0..b {
+                        let row = block + b * h + bi * h + j0;
+                        let x_row = (bi * t + step) * four_h + j0;
+                        let gate_row = (step * b + bi) * four_h + j0;
+                        let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
+                        // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`
+                        // (hs, cells) or `step` (gates, tanh_c); no one else writes them.
+                        let (h_out, c_out, kept_gates, kept_tanh) = unsafe {
+                            (
+                                hs.slice_mut(row..row + n),
+                                cells.slice_mut(row..row + n),
+                                if keep {
+                                    Some([0, 1, 2, 3].map(|g| {
+                                        let at = gate_row + g * h;
+                                        gates.slice_mut(at..at + n)
+                                    }))
+                                } else {
+                                    None
+                                },
+                                if keep {
+                                    let at = (step * b + bi) * h + j0;
+                                    Some(tanh_c.slice_mut(at..at + n))
+                                } else {
+                                    None
+                                },
+                            )
+                        };
+                        let (g_out, t_out) = match (kept_gates, kept_tanh) {
+                            (Some(g), Some(tc)) => (g, tc),
+                            _ => {
+                                let (a, rest) = spare_gates.split_at_mut(width);
+                                let (b2, rest) = rest.split_at_mut(width);
+                                let (c2, d2) = rest.split_at_mut(width);
+                                ([a, b2, c2, d2], &mut spare_tanh[..])
+                            }
+                        };
+                        simd.forward(ForwardRow {
+                            recurrent: [pre_at(0), pre_at(1), pre_at(2), pre_at(3)],
+                            input: [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n]),
+                            bias: [0, 1, 2, 3].map(|g| &bias[g * h + j0..][..n]),
+                            c_prev: &c_prev[bi * h + j0..][..n],
+                            c: c_out,
+                            h: h_out,
+                            gates: g_out,
+                            tanh_c: t_out,
+                        });
+                    }
+                    barrier.wait();
+                }
             });
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, t_len + 1, h))))
+
+        let mut out = vec![0f32; b * (t + 1) * h];
+        for bi in 0..b {
+            for s in 0..t {
+                let src = ((s + 1) * b + bi) * h;
+                out[(bi * (t + 1) + s) * h..][..h].copy_from_slice(&hs[src..src + h]);
+            }
+            let src = (t * b + bi) * h;
+            out[(bi * (t + 1) + t) * h..][..h].copy_from_slice(&cells[src..src + h]);
+        }
+        if keep {
+            *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
+                gates,
+                tanh_c,
+                cells,
+                hs,
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t + 1, h))))
     }
 
     fn bwd(
         &self,
-        xproj: &Tensor,
-        w_hh: &Tensor,
-        _state0: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        extra: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused LSTM: poisoned lock".into()))?
-            .take();
+        let saved = self.saved.lock().map_err(|_| poisoned())?.take();
         let Some(Saved {
             gates,
+            tanh_c,
             cells,
-            h_prev,
+            hs,
         }) = saved
         else {
             bail!("fused LSTM: backward without a training forward (or run twice)")
         };
-        let (b, t_len, four_h) = xproj.dims3()?;
-        let h = four_h / 4;
-        let device = xproj.device();
+        let d = Dims::of(x.shape(), w.shape(), extra.shape())?;
+        let Dims { b, t, input, h } = d;
+        let (four_h, ww) = (4 * h, d.w_width());
+        let device = x.device();
         let grad = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let w = w_hh.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let w = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
 
-        let mut dxproj = vec![0f32; b * t_len * four_h];
-        let mut dh_next = vec![0f32; b * h];
-        let mut dc_next = vec![0f32; b * h];
-        for bi in 0..b {
-            let row = (bi * (t_len + 1) + t_len) * h;
-            dc_next[bi * h..(bi + 1) * h].copy_from_slice(&grad[row..row + h]);
-        }
-        let mut da = vec![0f32; b * four_h];
-        let mut product_scratch = Vec::with_capacity(b * h);
-        for t in (0..t_len).rev() {
-            let gates_t = &gates[t * b * four_h..(t + 1) * b * four_h];
-            let c_t = &cells[(t + 1) * b * h..(t + 2) * b * h];
-            let c_prev = &cells[t * b * h..(t + 1) * b * h];
-            da.par_chunks_mut(four_h)
-                .zip(dh_next.par_chunks(h))
-                .zip(dc_next.par_chunks_mut(h))
-                .enumerate()
-                .for_each(|(bi, ((da, dh_next), dc_row))| {
-                    let g_row = &gates_t[bi * four_h..(bi + 1) * four_h];
-                    let dh_out = &grad[(bi * (t_len + 1) + t) * h..(bi * (t_len + 1) + t + 1) * h];
-                    for j in 0..h {
-                        let (i, f, g, o) =
-                            (g_row[j], g_row[h + j], g_row[2 * h + j], g_row[3 * h + j]);
-                        let tc = c_t[bi * h + j].tanh();
-                        let dh = dh_out[j] + dh_next[j];
-                        let d_o = dh * tc;
-                        let dc = dc_row[j] + dh * o * (1.0 - tc * tc);
-                        da[j] = dc * g * i * (1.0 - i);
-                        da[h + j] = dc * c_prev[bi * h + j] * f * (1.0 - f);
-                        da[2 * h + j] = dc * i * (1.0 - g * g);
-                        da[3 * h + j] = d_o * o * (1.0 - o);
-                        dc_row[j] = dc * f;
+        // W_hh in panels: panel u holds columns (units) 32u .. 32u + 31 of the [4H, H] matrix.
+        let units = d.unit_panels();
+        let panels = Panels::pack(four_h, units, |u, kk, c| {
+            let j = u * PANEL + c;
+            if j < h { w[kk * ww + input + j] } else { 0.0 }
+        });
+
+        // Gate pre-activation gradients, time-major [T, B, 4H].
+        let mut da = vec![0f32; t * b * four_h];
+        let mut dstate = vec![0f32; 2 * b * h];
+        let threads = team_size(units);
+        {
+            let da = SharedMut::new(&mut da);
+            let dstate = SharedMut::new(&mut dstate);
+            let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
+            let (grad, gates, tanh_c, cells) = (&grad, &gates, &tanh_c, &cells);
+            run_team(threads, |member, barrier| {
+                let my = Share::of(&d, member, threads);
+                let (j0, n, width) = (my.units.start, my.units.len(), my.width());
+                // This member's columns of dh_{t} (from step t + 1) and dc, [B, width].
+                let mut dh_next = vec![0f32; b * width];
+                let mut dc = vec![0f32; b * width];
+                for bi in 0..b {
+                    let row = (bi * (t + 1) + t) * h + j0;
+                    dc[bi * width..][..n].copy_from_slice(&grad[row..row + n]);
+                }
+                for step in (0..t).rev() {
+                    for bi in 0..b {
+                        let gate_row = (step * b + bi) * four_h + j0;
+                        let row = (step * b + bi) * h + j0;
+                        // SAFETY: member-owned units of block `step`; the others read this
+                        // block only after the barrier below.
+                        let da_row = unsafe {
+                            [0, 1, 2, 3]
+                                .map(|g| da.slice_mut(gate_row + g * h..gate_row + g * h + n))
+                        };
+                        simd.backward(BackwardRow {
+                            gates: [0, 1, 2, 3].map(|g| &gates[gate_row + g * h..][..n]),
+                            tanh_c: &tanh_c[row..row + n],
+                            c_prev: &cells[row..row + n],
+                            dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
+                            dh_next: &dh_next[bi * width..][..n],
+                            dc: &mut dc[bi * width..][..n],
+                            da: da_row,
+                        });
                     }
-                });
-            for bi in 0..b {
-                let row = (bi * t_len + t) * four_h;
-                dxproj[row..row + four_h].copy_from_slice(&da[bi * four_h..(bi + 1) * four_h]);
-            }
-            // dh_{t-1} = da W_hh: [B, 4H] x [4H, H].
-            match self.product {
-                StepProduct::Blocked => super::kernels::d_times_w(
-                    &da,
-                    &w,
-                    &mut dh_next,
-                    &mut product_scratch,
-                    b,
-                    four_h,
-                    h,
-                ),
-                StepProduct::Gemm => matmul(
-                    b,
-                    h,
-                    four_h,
-                    &mut dh_next,
-                    false,
-                    &da,
-                    (four_h, 1),
-                    &w,
-                    (h, 1),
-                ),
-            }
+                    barrier.wait();
+                    let block = step * b * four_h;
+                    // SAFETY: block `step` is complete (barrier above); the next writes go to
+                    // block `step - 1`.
+                    let da_t = unsafe { da.slice(block..block + b * four_h) };
+                    for (q, u) in my.panels.clone().enumerate() {
+                        let out = &mut dh_next[q * PANEL..];
+                        kernel.panel_product(da_t, four_h, b, panels.panel(u), four_h, out, width);
+                    }
+                }
+                for bi in 0..b {
+                    // SAFETY: member-owned units of each row of dh_0 and dc_0.
+                    let (dh0, dc0) = unsafe {
+                        (
+                            dstate.slice_mut(bi * h + j0..bi * h + j0 + n),
+                            dstate.slice_mut((b + bi) * h + j0..(b + bi) * h + j0 + n),
+                        )
+                    };
+                    dh0.copy_from_slice(&dh_next[bi * width..][..n]);
+                    dc0.copy_from_slice(&dc[bi * width..][..n]);
+                }
+            });
         }
-        // dW_hh = sum over (b, t) of da^T h_{t-1}: one [4H, B*T] x [B*T, H] GEMM.
-        let mut dw = vec![0f32; four_h * h];
-        let rows = b * t_len;
-        matmul(
-            four_h,
-            h,
-            rows,
-            &mut dw,
-            false,
-            &dxproj,
-            (1, four_h),
-            &h_prev,
-            (h, 1),
-        );
 
-        let mut dstate = dh_next;
-        dstate.extend_from_slice(&dc_next);
+        let rows = t * b;
+        // dW = [dW_ih | dW_hh]: da^T [4H, TB] times x (time-major) and h_0 .. h_{T-1}.
+        let mut dw = vec![0f32; four_h * ww];
+        let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let x_by_time = swap_leading(&x, b, t, input);
+        matmul(
+            (four_h, input, rows),
+            &mut dw,
+            ww,
+            &da,
+            (1, four_h),
+            &x_by_time,
+            (input, 1),
+        );
+        let dw_hh = &mut dw[input..];
+        matmul((four_h, h, rows), dw_hh, ww, &da, (1, four_h), &hs, (h, 1));
+        // dx = da W_ih, time-major, then back to [B, T, In].
+        let mut dx_by_time = vec![0f32; rows * input];
+        matmul(
+            (rows, input, four_h),
+            &mut dx_by_time,
+            input,
+            &da,
+            (four_h, 1),
+            &w,
+            (ww, 1),
+        );
+        let dx = swap_leading(&dx_by_time, t, b, input);
+        // The bias gradient: column sums of da.
+        let mut dextra = vec![0f32; four_h];
+        let ones = vec![1f32; rows];
+        matmul(
+            (1, four_h, rows),
+            &mut dextra,
+            four_h,
+            &ones,
+            (rows, 1),
+            &da,
+            (four_h, 1),
+        );
+        dextra.extend_from_slice(&dstate);
         Ok((
-            Some(Tensor::from_vec(dxproj, (b, t_len, four_h), device)?),
-            Some(Tensor::from_vec(dw, (four_h, h), device)?),
-            Some(Tensor::from_vec(dstate, (2, b, h), device)?),
+            Some(Tensor::from_vec(dx, (b, t, input), device)?),
+            Some(Tensor::from_vec(dw, (four_h, ww), device)?),
+            Some(Tensor::from_vec(dextra, 4 * h + 2 * b * h, device)?),
         ))
     }
 }

@@ -1,196 +1,285 @@
-//! The two small matrix products an LSTM step runs, hand-vectorised for this shape.
+//! The thin matrix products an LSTM step runs, on weights packed once per sequence.
 //!
-//! Per time step the recurrence multiplies a thin batch of states (`B` rows, 16-32 here) by the
-//! whole recurrent weight matrix (`4H x H`). A general GEMM re-packs that matrix on every call
-//! (DESIGN.md, "Measured pitfalls"); these kernels avoid that. Measured on the reference model
-//! (`echoai bench train`), they are still slower than the `gemm` crate on this machine
-//! (2,700-2,800 against 3,200-3,400 training tokens/s), so `Recurrence::Auto` uses `gemm` and
-//! these stay selectable (`Recurrence::FusedBlocked`) for tuning.
-//! Here each step streams the weight rows once, in a layout fixed for the whole sequence, and adds
-//! every row into all batch rows (an "axpy" per weight row, which vectorises along the row); the
-//! work is split across threads by output columns. AVX-512 or AVX2+FMA are chosen at run time;
-//! the hot loop lives in `#[target_feature]` functions (a closure would not inherit the feature),
-//! and other machines run the same loop compiled for the baseline target.
+//! Per time step the recurrence multiplies a few batch rows (`B`, 16-64) by the whole recurrent
+//! weight matrix. A general GEMM re-packs that matrix on every call (DESIGN.md, "Measured
+//! pitfalls"), about a quarter of its time at this shape. Here the weights are copied once per
+//! sequence into [`Panels`]: 32 columns at a time, each panel contiguous, so a step streams
+//! them in order. The product keeps a tile of `R` rows x 32 columns in registers and, per step
+//! of the shared dimension, loads 32 weights and `R` broadcast values for `2 R` fused multiply-
+//! adds (AVX-512: R = 8, 16 accumulators; AVX2: R = 2, 8 accumulators). The instruction set is
+//! chosen at run time; other machines run a portable loop.
 
-/// Columns handled by one thread per call.
-fn split_columns(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
-}
+pub const PANEL: usize = 32;
 
-type ColsKernel = unsafe fn(&[f32], &[f32], &mut [f32], usize, usize, usize, usize, usize);
-
-fn kernel() -> ColsKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            return cols_avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return cols_avx2;
-        }
-    }
-    cols_portable
-}
-
-/// `w` (`n x k`, row-major) transposed into `out` (`k x n`): the forward step multiplies by
-/// `W_hh^T`, so it transposes `W_hh` once per sequence and then streams rows like the backward.
-pub fn transpose(w: &[f32], n: usize, k: usize, out: &mut Vec<f32>) {
-    out.resize(n * k, 0.0);
-    for r in 0..n {
-        for c in 0..k {
-            out[c * n + r] = w[r * k + c];
-        }
-    }
-}
-
-/// `out[b, k] = sum_n d[b, n] * w[n, k]`: `d` is `b x n`, `w` is `n x k`, `out` is `b x k`.
-/// `scratch` is reused between calls so the step loop does not allocate.
-pub fn d_times_w(
-    d: &[f32],
-    w: &[f32],
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    b: usize,
-    n: usize,
+/// A `K x N` operand stored as `ceil(N / 32)` panels of `K x 32`, zero beyond the last column.
+pub struct Panels {
+    data: Vec<f32>,
     k: usize,
+}
+
+impl Panels {
+    /// `value(panel, kk, c)` is the operand's entry at row `kk`, column `c` of `panel`.
+    pub fn pack(k: usize, panels: usize, value: impl Fn(usize, usize, usize) -> f32) -> Panels {
+        let mut data = vec![0f32; panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (c, slot) in row.iter_mut().enumerate() {
+                    *slot = value(p, kk, c);
+                }
+            }
+        }
+        Panels { data, k }
+    }
+
+    pub fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.k * PANEL..(p + 1) * self.k * PANEL]
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// Which implementation multiplies by a panel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest one this CPU runs.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run (for tests).
+    pub fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Kernel::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                all.push(Kernel::Avx512);
+            }
+        }
+        all
+    }
+
+    /// `c[r * ldc + j] = sum_kk a[r * lda + kk] * panel[kk * 32 + j]` for `r < rows`, `j < 32`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn panel_product(
+        self,
+        a: &[f32],
+        lda: usize,
+        rows: usize,
+        panel: &[f32],
+        k: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        assert!(
+            a.len() >= (rows - 1) * lda + k,
+            "panel product: lhs too short"
+        );
+        assert!(panel.len() >= k * PANEL, "panel product: panel too short");
+        assert!(
+            c.len() >= (rows - 1) * ldc + PANEL,
+            "panel product: output too short"
+        );
+        let (a, p, c) = (a.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
+        // SAFETY: the assertions above bound every access the tiles make (rows < `rows`,
+        // kk < `k`, columns < 32); `detect`/`available` only name kernels this CPU supports.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => x86::rows_avx512(a, lda, rows, p, k, c, ldc),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => x86::rows_avx2(a, lda, rows, p, k, c, ldc),
+                _ => rows_portable(a, lda, rows, p, k, c, ldc),
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`Kernel::panel_product`] asserts.
+unsafe fn rows_portable(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    p: *const f32,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
 ) {
-    assert!(d.len() >= b * n && w.len() >= n * k && out.len() >= b * k);
-    scratch.resize(b * k, 0.0);
-    let cols_kernel = kernel();
-    let per_task = split_columns(k).div_ceil(16) * 16;
-    let blocks = &mut scratch[..b * k];
-    rayon::scope(|s| {
-        let mut rest = blocks;
-        let mut c0 = 0;
-        while c0 < k {
-            let width = per_task.min(k - c0);
-            let (block, tail) = std::mem::take(&mut rest).split_at_mut(b * width);
-            rest = tail;
-            // SAFETY: `kernel()` returned a function whose CPU features are present; the block
-            // holds `b x width` accumulators for columns c0..c0+width of `b x k`.
-            s.spawn(move |_| unsafe { cols_kernel(d, w, block, b, n, k, c0, width) });
-            c0 += width;
+    #[allow(clippy::needless_range_loop)]
+    for r in 0..rows {
+        let mut acc = [0f32; PANEL];
+        for kk in 0..k {
+            // SAFETY: r < rows and kk < k, as the caller bounds.
+            let (av, w) = unsafe {
+                (
+                    *a.add(r * lda + kk),
+                    &*(p.add(kk * PANEL) as *const [f32; PANEL]),
+                )
+            };
+            for j in 0..PANEL {
+                acc[j] = w[j].mul_add(av, acc[j]);
+            }
         }
-    });
-    let mut c0 = 0;
-    let mut offset = 0;
-    while c0 < k {
-        let width = per_task.min(k - c0);
-        for j in 0..b {
-            out[j * k + c0..j * k + c0 + width]
-                .copy_from_slice(&scratch[offset + j * width..offset + (j + 1) * width]);
-        }
-        offset += b * width;
-        c0 += width;
+        // SAFETY: row r of the output holds 32 floats.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), c.add(r * ldc), PANEL) };
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cols_avx512(
-    d: &[f32],
-    w: &[f32],
-    acc: &mut [f32],
-    b: usize,
-    n: usize,
-    k: usize,
-    c0: usize,
-    width: usize,
-) {
-    cols_tiled::<16, 8>(d, w, acc, b, n, k, c0, width)
-}
+// The tile loops index registers and pointer offsets with the same counters.
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use super::PANEL;
+    use std::arch::x86_64::*;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cols_avx2(
-    d: &[f32],
-    w: &[f32],
-    acc: &mut [f32],
-    b: usize,
-    n: usize,
-    k: usize,
-    c0: usize,
-    width: usize,
-) {
-    cols_tiled::<8, 4>(d, w, acc, b, n, k, c0, width)
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn cols_portable(
-    d: &[f32],
-    w: &[f32],
-    acc: &mut [f32],
-    b: usize,
-    n: usize,
-    k: usize,
-    c0: usize,
-    width: usize,
-) {
-    cols_tiled::<4, 4>(d, w, acc, b, n, k, c0, width)
-}
-
-/// `acc[j, c] = sum_r d[j, r] * w[r, c0 + c]` for `c < width` (`acc` is `b x width`).
-///
-/// A register tile of `R` batch rows by `2 L` columns accumulates over every weight row: per
-/// weight row it loads two vectors of weights and `R` scalars of `d`, and issues `2 R` fused
-/// multiply-adds, so the loop runs on arithmetic rather than on loads and stores.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn cols_tiled<const L: usize, const R: usize>(
-    d: &[f32],
-    w: &[f32],
-    acc: &mut [f32],
-    b: usize,
-    n: usize,
-    k: usize,
-    c0: usize,
-    width: usize,
-) {
-    let strip = 2 * L;
-    let mut s0 = 0;
-    while s0 < width {
-        let sw = strip.min(width - s0);
-        let mut j0 = 0;
-        while j0 < b {
-            let rows = R.min(b - j0);
-            let mut tile = [[[0f32; L]; 2]; R];
-            if sw == strip && rows == R {
-                for r in 0..n {
-                    let base = r * k + c0 + s0;
-                    let w0: &[f32; L] = w[base..base + L].try_into().expect("L floats");
-                    let w1: &[f32; L] = w[base + L..base + strip].try_into().expect("L floats");
-                    for q in 0..R {
-                        let dq = d[(j0 + q) * n + r];
-                        for l in 0..L {
-                            tile[q][0][l] = w0[l].mul_add(dq, tile[q][0][l]);
-                            tile[q][1][l] = w1[l].mul_add(dq, tile[q][1][l]);
-                        }
-                    }
-                }
-            } else {
-                // The ragged edge: the same sums, without the fixed-size tile.
-                for r in 0..n {
-                    let base = r * k + c0 + s0;
-                    for q in 0..rows {
-                        let dq = d[(j0 + q) * n + r];
-                        for c in 0..sw {
-                            let (half, l) = (c / L, c % L);
-                            tile[q][half][l] += w[base + c] * dq;
-                        }
-                    }
-                }
+    /// # Safety
+    /// AVX-512F present; bounds as [`super::Kernel::panel_product`] asserts.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows_avx512(
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+        p: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut r = 0;
+        // SAFETY (all calls): rows r..r+R exist; the tiles stay inside the asserted bounds.
+        unsafe {
+            while rows - r >= 8 {
+                tile512::<8>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+                r += 8;
             }
-            for q in 0..rows {
-                let out = &mut acc[(j0 + q) * width + s0..(j0 + q) * width + s0 + sw];
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = tile[q][c / L][c % L];
-                }
+            if rows - r >= 4 {
+                tile512::<4>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+                r += 4;
             }
-            j0 += R;
+            if rows - r >= 2 {
+                tile512::<2>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+                r += 2;
+            }
+            if rows - r == 1 {
+                tile512::<1>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+            }
         }
-        s0 += strip;
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile512<const R: usize>(
+        a: *const f32,
+        lda: usize,
+        p: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for kk in 0..k {
+            // SAFETY: kk < k and the panel holds k x 32 floats; rows < R exist in `a`.
+            unsafe {
+                let w0 = _mm512_loadu_ps(p.add(kk * PANEL));
+                let w1 = _mm512_loadu_ps(p.add(kk * PANEL + 16));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                    lo[r] = _mm512_fmadd_ps(av, w0, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(av, w1, hi[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            // SAFETY: output row r holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(c.add(r * ldc), lo[r]);
+                _mm512_storeu_ps(c.add(r * ldc + 16), hi[r]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; bounds as [`super::Kernel::panel_product`] asserts.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_avx2(
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+        p: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut r = 0;
+        // SAFETY (all calls): rows r..r+R exist; the tiles stay inside the asserted bounds.
+        unsafe {
+            while rows - r >= 2 {
+                tile256::<2>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+                r += 2;
+            }
+            if rows - r == 1 {
+                tile256::<1>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile256<const R: usize>(
+        a: *const f32,
+        lda: usize,
+        p: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        for kk in 0..k {
+            // SAFETY: kk < k and the panel holds k x 32 floats; rows < R exist in `a`.
+            unsafe {
+                let w = [
+                    _mm256_loadu_ps(p.add(kk * PANEL)),
+                    _mm256_loadu_ps(p.add(kk * PANEL + 8)),
+                    _mm256_loadu_ps(p.add(kk * PANEL + 16)),
+                    _mm256_loadu_ps(p.add(kk * PANEL + 24)),
+                ];
+                for r in 0..R {
+                    let av = _mm256_set1_ps(*a.add(r * lda + kk));
+                    for q in 0..4 {
+                        acc[r][q] = _mm256_fmadd_ps(av, w[q], acc[r][q]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for q in 0..4 {
+                // SAFETY: output row r holds 32 floats.
+                unsafe { _mm256_storeu_ps(c.add(r * ldc + 8 * q), acc[r][q]) };
+            }
+        }
     }
 }
 
@@ -208,44 +297,49 @@ mod tests {
     }
 
     #[test]
-    fn kernels_match_plain_products() {
-        for &(b, n, k) in &[
-            (1, 4, 3),
-            (3, 130, 17),
-            (16, 256, 64),
-            (5, 70, 40),
-            (16, 2048, 512),
-        ] {
-            let h = data(b * k, 1);
-            let w = data(n * k, 2);
-            let d = data(b * n, 3);
-            let mut scratch = Vec::new();
-            let mut wt = Vec::new();
-            transpose(&w, n, k, &mut wt);
-            let mut fast = vec![0.0; b * n];
-            d_times_w(&h, &wt, &mut fast, &mut scratch, b, k, n);
-            for j in 0..b {
-                for r in 0..n {
-                    let exact: f64 = (0..k)
-                        .map(|c| h[j * k + c] as f64 * w[r * k + c] as f64)
-                        .sum();
-                    assert!(
-                        (fast[j * n + r] as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                        "h w^T {b}x{n}x{k}"
+    fn every_kernel_matches_a_plain_product() {
+        for kernel in Kernel::available() {
+            for &(rows, k, n) in &[
+                (1, 3, 5),
+                (3, 17, 40),
+                (7, 64, 33),
+                (16, 512, 64),
+                (13, 9, 96),
+            ] {
+                let lda = k + 3;
+                let a = data(rows * lda, 1);
+                let b = data(k * n, 2);
+                let panels = Panels::pack(k, n.div_ceil(PANEL), |p, kk, c| {
+                    let col = p * PANEL + c;
+                    if col < n { b[kk * n + col] } else { 0.0 }
+                });
+                let ldc = n.div_ceil(PANEL) * PANEL;
+                let mut out = vec![f32::NAN; rows * ldc];
+                for p in 0..n.div_ceil(PANEL) {
+                    kernel.panel_product(
+                        &a,
+                        lda,
+                        rows,
+                        panels.panel(p),
+                        k,
+                        &mut out[p * PANEL..],
+                        ldc,
                     );
                 }
-            }
-            let mut fast = vec![0.0; b * k];
-            d_times_w(&d, &w, &mut fast, &mut scratch, b, n, k);
-            for j in 0..b {
-                for c in 0..k {
-                    let exact: f64 = (0..n)
-                        .map(|r| d[j * n + r] as f64 * w[r * k + c] as f64)
-                        .sum();
-                    assert!(
-                        (fast[j * k + c] as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                        "d w {b}x{n}x{k}"
-                    );
+                for r in 0..rows {
+                    for col in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|kk| a[r * lda + kk] as f64 * b[kk * n + col] as f64)
+                            .sum();
+                        let got = out[r * ldc + col] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                            "{kernel:?} {rows}x{k}x{n} at ({r}, {col}): {got} vs {exact}"
+                        );
+                    }
+                    for col in n..ldc {
+                        assert_eq!(out[r * ldc + col], 0.0, "{kernel:?}: padding must be zero");
+                    }
                 }
             }
         }

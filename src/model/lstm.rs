@@ -9,17 +9,14 @@
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::fused_lstm::{FusedLstmOp, StepProduct};
+use super::fused_lstm::FusedLstmOp;
 use crate::rng::Rng;
 
 /// How the recurrence of a sequence is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recurrence {
-    /// The fused custom op on CPU f32 (step products by the `gemm` crate), composed ops elsewhere.
+    /// The fused custom op ([`FusedLstmOp`]) on CPU f32, composed ops elsewhere.
     Auto,
-    /// The fused custom op with the hand-written step kernels of `model::kernels` (measured
-    /// slower than `gemm` on this machine; kept for the benchmark and for tuning).
-    FusedBlocked,
     /// Composed candle ops, step by step (the reference).
     Composed,
 }
@@ -84,32 +81,28 @@ impl LstmLayer {
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, input) = x.dims3()?;
-        let xproj = x
-            .reshape((b * t, input))?
-            .matmul(&self.w_ih.t()?)?
-            .broadcast_add(&self.bias()?)?
-            .reshape((b, t, 4 * self.hidden))?;
-        let fused = recurrence != Recurrence::Composed
+        let fused = recurrence == Recurrence::Auto
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && t > 0;
+            && t > 0
+            && b > 0;
         if fused {
-            let state0 = Tensor::stack(&[h0, c0], 0)?.contiguous()?;
-            let xproj = xproj.contiguous()?;
+            let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?;
+            let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
+            let x = x.contiguous()?;
             // Activations are kept only when autograd will ask for the backward pass.
-            let needs_grad = xproj.track_op() || self.w_hh.track_op() || state0.track_op();
-            let product = if recurrence == Recurrence::FusedBlocked {
-                StepProduct::Blocked
-            } else {
-                StepProduct::Gemm
-            };
-            let out =
-                xproj.apply_op3(&self.w_hh, &state0, FusedLstmOp::new(needs_grad, product))?;
+            let needs_grad = x.track_op() || w.track_op() || extra.track_op();
+            let out = x.apply_op3(&w, &extra, FusedLstmOp::new(needs_grad))?;
             let hs = out.narrow(1, 0, t)?;
             let h_n = out.i((.., t - 1))?;
             let c_n = out.i((.., t))?;
             return Ok((hs, h_n, c_n));
         }
+        let xproj = x
+            .reshape((b * t, input))?
+            .matmul(&self.w_ih.t()?)?
+            .broadcast_add(&self.bias()?)?
+            .reshape((b, t, 4 * self.hidden))?;
         let w_hh_t = self.w_hh.t()?;
         let (mut h, mut c) = (h0.clone(), c0.clone());
         let mut outputs = Vec::with_capacity(t);
@@ -191,10 +184,10 @@ impl LstmStack {
             c: Vec::with_capacity(self.layers.len()),
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            if l > 0 {
-                if let Some(rng) = dropout_rng.as_deref_mut() {
-                    x = dropout(&x, self.dropout, rng)?;
-                }
+            if l > 0
+                && let Some(rng) = dropout_rng.as_deref_mut()
+            {
+                x = dropout(&x, self.dropout, rng)?;
             }
             let (out, h, c) = layer.forward(&x, &state.h[l], &state.c[l], recurrence)?;
             next.h.push(h);

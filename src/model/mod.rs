@@ -7,13 +7,15 @@ mod attention;
 pub mod checkpoint;
 mod config;
 mod fused_lstm;
+mod gates;
 pub mod init;
 pub mod kernels;
 mod lstm;
+mod team;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
-pub use fused_lstm::{FusedLstmOp, StepProduct};
+pub use fused_lstm::FusedLstmOp;
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
 
 use candle_core::{Device, Result, Tensor};

@@ -358,10 +358,10 @@ impl Studio {
         let shortcut = |m: Modifiers, k: Key| {
             ctx.input_mut(|i| i.consume_shortcut(&KeyboardShortcut::new(m, k)))
         };
-        if shortcut(Modifiers::COMMAND, Key::O) {
-            if let Some(p) = self.env.dialogs.open_midi() {
-                let _ = self.open_path(&p);
-            }
+        if shortcut(Modifiers::COMMAND, Key::O)
+            && let Some(p) = self.env.dialogs.open_midi()
+        {
+            let _ = self.open_path(&p);
         }
         if shortcut(Modifiers::COMMAND, Key::S) {
             self.save_dialog();
@@ -414,10 +414,10 @@ impl Studio {
 
     fn toolbar(&mut self, ui: &mut Ui) {
         ui.horizontal_wrapped(|ui| {
-            if ui.button("Open MIDI").on_hover_text("Ctrl+O").clicked() {
-                if let Some(p) = self.env.dialogs.open_midi() {
-                    let _ = self.open_path(&p);
-                }
+            if ui.button("Open MIDI").on_hover_text("Ctrl+O").clicked()
+                && let Some(p) = self.env.dialogs.open_midi()
+            {
+                let _ = self.open_path(&p);
             }
             if ui
                 .add_enabled(!self.doc.is_empty(), egui::Button::new("Save MIDI"))
@@ -432,14 +432,12 @@ impl Studio {
                     egui::Button::new("Export WAV"),
                 )
                 .clicked()
-            {
-                if let Some(p) = self
+                && let Some(p) = self
                     .env
                     .dialogs
                     .save_wav(&suggested_file_name(&self.doc.name, "wav"))
-                {
-                    self.export_wav(Some(ui.ctx().clone()), p);
-                }
+            {
+                self.export_wav(Some(ui.ctx().clone()), p);
             }
             ui.separator();
             let playing = self.env.output.is_playing();
@@ -470,10 +468,10 @@ impl Studio {
                     if ui.selectable_label(false, "Built-in piano").clicked() {
                         self.use_builtin_synth();
                     }
-                    if ui.selectable_label(false, "SoundFont (.sf2)…").clicked() {
-                        if let Some(p) = self.env.dialogs.open_soundfont() {
-                            self.use_soundfont(&p);
-                        }
+                    if ui.selectable_label(false, "SoundFont (.sf2)…").clicked()
+                        && let Some(p) = self.env.dialogs.open_soundfont()
+                    {
+                        self.use_soundfont(&p);
                     }
                     match self.env.midi_out.ports() {
                         Ok(ports) => {

@@ -229,16 +229,16 @@ impl GeneratePanel {
             })
             .response
             .labelled_by(model_heading.id);
-        if ui.button("Open checkpoint folder…").clicked() {
-            if let Some(path) = dialogs.pick_folder("Choose a checkpoint folder") {
-                if checkpoint::is_checkpoint(&path) {
-                    self.add_checkpoint(path);
-                } else {
-                    events.push(GenerateEvent::Error(format!(
-                        "{} is not a checkpoint (no config.json)",
-                        path.display()
-                    )));
-                }
+        if ui.button("Open checkpoint folder…").clicked()
+            && let Some(path) = dialogs.pick_folder("Choose a checkpoint folder")
+        {
+            if checkpoint::is_checkpoint(&path) {
+                self.add_checkpoint(path);
+            } else {
+                events.push(GenerateEvent::Error(format!(
+                    "{} is not a checkpoint (no config.json)",
+                    path.display()
+                )));
             }
         }
         let s = &mut self.settings;
@@ -284,10 +284,10 @@ impl GeneratePanel {
                     .and_then(|p| p.file_name())
                     .map_or("no file".into(), |n| n.to_string_lossy().into_owned());
                 ui.label(name);
-                if ui.button("Choose…").clicked() {
-                    if let Some(p) = dialogs.open_midi() {
-                        s.primer_file = Some(p);
-                    }
+                if ui.button("Choose…").clicked()
+                    && let Some(p) = dialogs.open_midi()
+                {
+                    s.primer_file = Some(p);
                 }
             });
         }
@@ -470,19 +470,19 @@ impl GeneratePanel {
                         Err(e) => events.push(GenerateEvent::Error(e.to_string())),
                     }
                 }
-            } else if ui.button("Stop recording").clicked() {
-                if let Some((recorder, conn)) = self.recording.take() {
-                    drop(conn);
-                    let perf = recorder
-                        .lock()
-                        .map(|mut r| std::mem::take(&mut *r).finish())
-                        .unwrap_or_default();
-                    events.push(GenerateEvent::Message(format!(
-                        "recorded {} notes as the primer",
-                        perf.len()
-                    )));
-                    self.recorded = Some(perf);
-                }
+            } else if ui.button("Stop recording").clicked()
+                && let Some((recorder, conn)) = self.recording.take()
+            {
+                drop(conn);
+                let perf = recorder
+                    .lock()
+                    .map(|mut r| std::mem::take(&mut *r).finish())
+                    .unwrap_or_default();
+                events.push(GenerateEvent::Message(format!(
+                    "recorded {} notes as the primer",
+                    perf.len()
+                )));
+                self.recorded = Some(perf);
             }
             if let Some((recorder, _)) = &self.recording {
                 let n = recorder.lock().map(|r| r.notes_so_far()).unwrap_or(0);

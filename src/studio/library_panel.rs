@@ -47,10 +47,10 @@ impl LibraryPanel {
                     .hint_text("search")
                     .desired_width(150.0),
             );
-            if ui.button("Add folder…").clicked() {
-                if let Some(dir) = dialogs.pick_folder("Add a folder of MIDI files") {
-                    self.add_folder(&dir);
-                }
+            if ui.button("Add folder…").clicked()
+                && let Some(dir) = dialogs.pick_folder("Add a folder of MIDI files")
+            {
+                self.add_folder(&dir);
             }
         });
         if let Some(e) = &self.error {

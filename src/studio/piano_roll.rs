@@ -251,19 +251,19 @@ impl PianoRoll {
         }
 
         // Interaction.
-        if response.clicked() {
-            if let Some(p) = response.interact_pointer_pos() {
-                if g.ruler.contains(p) {
-                    action = Some(RollAction::Seek(self.seconds_at(g.notes, p.x).max(0.0)));
-                } else if g.notes.contains(p) {
-                    let add = ui.input(|i| i.modifiers.shift || i.modifiers.command);
-                    if !add {
-                        doc.clear_selection();
-                    }
-                    if let Some(index) = hovered {
-                        let selected = doc.notes()[index].selected;
-                        doc.set_selected(index, !(add && selected));
-                    }
+        if response.clicked()
+            && let Some(p) = response.interact_pointer_pos()
+        {
+            if g.ruler.contains(p) {
+                action = Some(RollAction::Seek(self.seconds_at(g.notes, p.x).max(0.0)));
+            } else if g.notes.contains(p) {
+                let add = ui.input(|i| i.modifiers.shift || i.modifiers.command);
+                if !add {
+                    doc.clear_selection();
+                }
+                if let Some(index) = hovered {
+                    let selected = doc.notes()[index].selected;
+                    doc.set_selected(index, !(add && selected));
                 }
             }
         }

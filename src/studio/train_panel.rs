@@ -309,10 +309,9 @@ impl TrainPanel {
             if ui
                 .add_enabled(!busy, egui::Button::new("Choose folder…"))
                 .clicked()
+                && let Some(dir) = dialogs.pick_folder("Choose a folder of MIDI files")
             {
-                if let Some(dir) = dialogs.pick_folder("Choose a folder of MIDI files") {
-                    self.scan(Some(ui.ctx().clone()), dir);
-                }
+                self.scan(Some(ui.ctx().clone()), dir);
             }
             if ui
                 .add_enabled(!busy, egui::Button::new("Demo corpus"))
@@ -422,21 +421,19 @@ impl TrainPanel {
             if ui
                 .add_enabled(can_start, egui::Button::new("Start training"))
                 .clicked()
+                && let Err(e) = self.start(Some(ui.ctx().clone()))
             {
-                if let Err(e) = self.start(Some(ui.ctx().clone())) {
-                    events.push(TrainPanelEvent::Error(e));
-                }
+                events.push(TrainPanelEvent::Error(e));
             }
             if ui
                 .add_enabled(can_start, egui::Button::new("Resume checkpoint…"))
                 .clicked()
+                && let Some(dir) = dialogs.pick_folder("Choose a checkpoint to continue")
             {
-                if let Some(dir) = dialogs.pick_folder("Choose a checkpoint to continue") {
-                    self.settings.out_dir = Some(dir);
-                    self.resume = true;
-                    if let Err(e) = self.start(Some(ui.ctx().clone())) {
-                        events.push(TrainPanelEvent::Error(e));
-                    }
+                self.settings.out_dir = Some(dir);
+                self.resume = true;
+                if let Err(e) = self.start(Some(ui.ctx().clone())) {
+                    events.push(TrainPanelEvent::Error(e));
                 }
             }
             if let Some((_, control)) = &self.run {

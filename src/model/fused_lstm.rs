@@ -34,8 +34,9 @@ struct Saved {
     tanh_c: Vec<f32>,
     /// `c_0 .. c_T`: `[T + 1, B, H]`.
     cells: Vec<f32>,
-    /// `h_0 .. h_T`: `[T + 1, B, H]`; the first `T` blocks are the operand of the `dW_hh` GEMM.
-    hs: Vec<f32>,
+    /// Rows `[x_t | h_{t-1}]`: `[T + 1, B, In + H]` (block `T` holds only `h_T`); the first `T`
+    /// blocks are the right operand of the single `dW = da^T [x | h]` GEMM.
+    xh: Vec<f32>,
 }
 
 pub struct FusedLstmOp {
@@ -239,16 +240,24 @@ impl CustomOp3 for FusedLstmOp {
         });
 
         let keep = self.keep_for_backward;
-        let mut hs = vec![0f32; (t + 1) * b * h];
+        let mut xh = vec![0f32; (t + 1) * b * ww];
+        for bi in 0..b {
+            xh[bi * ww + input..(bi + 1) * ww].copy_from_slice(&extra[four_h + bi * h..][..h]);
+            if keep {
+                for s in 0..t {
+                    let row = (s * b + bi) * ww;
+                    xh[row..row + input].copy_from_slice(&x[(bi * t + s) * input..][..input]);
+                }
+            }
+        }
         let mut cells = vec![0f32; (t + 1) * b * h];
-        hs[..b * h].copy_from_slice(&extra[four_h..four_h + b * h]);
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
         let mut gates = vec![0f32; if keep { t * b * four_h } else { 0 }];
         let mut tanh_c = vec![0f32; if keep { t * b * h } else { 0 }];
 
         let threads = team_size(units);
         {
-            let hs = SharedMut::new(&mut hs);
+            let xh = SharedMut::new(&mut xh);
             let cells = SharedMut::new(&mut cells);
             let gates = SharedMut::new(&mut gates);
             let tanh_c = SharedMut::new(&mut tanh_c);
@@ -260,12 +269,12 @@ impl CustomOp3 for FusedLstmOp {
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
                 let mut spare_tanh = vec![0f32; if keep { 0 } else { width }];
                 for step in 0..t {
-                    let block = step * b * h;
-                    // SAFETY: block `step` of hs/cells was completed before the last barrier
+                    let (block, xh_block) = (step * b * h, step * b * ww);
+                    // SAFETY: block `step` of xh/cells was completed before the last barrier
                     // (or is the initial state); this step writes only block `step + 1`.
                     let (h_prev, c_prev) = unsafe {
                         (
-                            hs.slice(block..block + b * h),
+                            xh.slice(xh_block + input..xh_block + b * ww),
                             cells.slice(block..block + b * h),
                         )
                     };
@@ -273,19 +282,20 @@ impl CustomOp3 for FusedLstmOp {
                         for (q, u) in my.panels.clone().enumerate() {
                             let out = &mut pre[g * b * width + q * PANEL..];
                             let panel = panels.panel(g * units + u);
-                            kernel.panel_product(h_prev, h, b, panel, h, out, width);
+                            kernel.panel_product(h_prev, ww, b, panel, h, out, width);
                         }
                     }
                     for bi in 0..b {
                         let row = block + b * h + bi * h + j0;
+                        let h_row = xh_block + b * ww + bi * ww + input + j0;
                         let x_row = (bi * t + step) * four_h + j0;
                         let gate_row = (step * b + bi) * four_h + j0;
                         let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
                         // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`
-                        // (hs, cells) or `step` (gates, tanh_c); no one else writes them.
+                        // (xh, cells) or `step` (gates, tanh_c); no one else writes them.
                         let (h_out, c_out, kept_gates, kept_tanh) = unsafe {
                             (
-                                hs.slice_mut(row..row + n),
+                                xh.slice_mut(h_row..h_row + n),
                                 cells.slice_mut(row..row + n),
                                 if keep {
                                     Some([0, 1, 2, 3].map(|g| {
@@ -331,8 +341,8 @@ impl CustomOp3 for FusedLstmOp {
         let mut out = vec![0f32; b * (t + 1) * h];
         for bi in 0..b {
             for s in 0..t {
-                let src = ((s + 1) * b + bi) * h;
-                out[(bi * (t + 1) + s) * h..][..h].copy_from_slice(&hs[src..src + h]);
+                let src = ((s + 1) * b + bi) * ww + input;
+                out[(bi * (t + 1) + s) * h..][..h].copy_from_slice(&xh[src..src + h]);
             }
             let src = (t * b + bi) * h;
             out[(bi * (t + 1) + t) * h..][..h].copy_from_slice(&cells[src..src + h]);
@@ -342,7 +352,7 @@ impl CustomOp3 for FusedLstmOp {
                 gates,
                 tanh_c,
                 cells,
-                hs,
+                xh,
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t + 1, h))))
@@ -361,7 +371,7 @@ impl CustomOp3 for FusedLstmOp {
             gates,
             tanh_c,
             cells,
-            hs,
+            xh,
         }) = saved
         else {
             bail!("fused LSTM: backward without a training forward (or run twice)")
@@ -444,21 +454,17 @@ impl CustomOp3 for FusedLstmOp {
         }
 
         let rows = t * b;
-        // dW = [dW_ih | dW_hh]: da^T [4H, TB] times x (time-major) and h_0 .. h_{T-1}.
+        // [dW_ih | dW_hh] = da^T [4H, TB] times the rows [x_t | h_{t-1}], straight into place.
         let mut dw = vec![0f32; four_h * ww];
-        let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let x_by_time = swap_leading(&x, b, t, input);
         matmul(
-            (four_h, input, rows),
+            (four_h, ww, rows),
             &mut dw,
             ww,
             &da,
             (1, four_h),
-            &x_by_time,
-            (input, 1),
+            &xh,
+            (ww, 1),
         );
-        let dw_hh = &mut dw[input..];
-        matmul((four_h, h, rows), dw_hh, ww, &da, (1, four_h), &hs, (h, 1));
         // dx = da W_ih, time-major, then back to [B, T, In].
         let mut dx_by_time = vec![0f32; rows * input];
         matmul(

@@ -3,10 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::MusicModel;
+use crate::model::{MusicModel, Stepper, WeightPrecision};
 use crate::performance::{Note, Performance};
 use crate::rng::Rng;
 use crate::tokenizer::{self, Decoder, END, START};
@@ -29,6 +28,9 @@ pub struct GenerateConfig {
     pub max_events: usize,
     pub seed: u64,
     pub variations: usize,
+    /// How the model's weights are held while sampling (bfloat16: faster, not bit-identical).
+    #[serde(default)]
+    pub precision: WeightPrecision,
 }
 
 impl Default for GenerateConfig {
@@ -42,6 +44,7 @@ impl Default for GenerateConfig {
             max_events: 20_000,
             seed: 1,
             variations: 1,
+            precision: WeightPrecision::F32,
         }
     }
 }
@@ -114,8 +117,7 @@ pub fn generate(
 ) -> Result<Vec<Take>, GenerateError> {
     config.validate().map_err(GenerateError::Config)?;
     let batch = config.variations;
-    let device = model.device().clone();
-    let mut state = model.zero_state(batch)?;
+    let mut stepper = Stepper::new(model, batch, config.precision)?;
 
     // The primer is START plus its events, fed through the model; its last logits start sampling.
     let mut prefix = vec![START];
@@ -123,16 +125,15 @@ pub fn generate(
     if let Some(p) = primer {
         prefix.extend(tokenizer::encode(p));
     }
-    let mut logits = None;
+    let vocab = model.config.vocab_size;
+    let mut logits = Vec::new();
     for &id in &prefix {
         if cancel.load(Ordering::Relaxed) {
             return Err(GenerateError::Cancelled);
         }
-        let ids = Tensor::from_vec(vec![id as u32; batch], batch, &device)?;
-        logits = Some(model.step(&ids, &mut state)?);
-        state = state.detach();
+        logits.clear();
+        logits.extend_from_slice(stepper.step(&vec![id as u32; batch])?);
     }
-    let mut logits = logits.ok_or_else(|| GenerateError::Config("empty prefix".into()))?;
 
     let mut rngs: Vec<Rng> = (0..batch)
         .map(|v| Rng::new(config.seed.wrapping_add(v as u64 * 0x9e37_79b9)))
@@ -153,7 +154,7 @@ pub fn generate(
         if cancel.load(Ordering::Relaxed) {
             return Err(GenerateError::Cancelled);
         }
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
         let mut next = Vec::with_capacity(batch);
         for v in 0..batch {
             if done[v] {
@@ -164,7 +165,7 @@ pub fn generate(
                 end: decoders[v].time() - primer_seconds >= config.min_seconds,
                 notes: has_velocity[v],
             };
-            let id = sample(&rows[v], config, allowed, &mut rngs[v], &mut probs);
+            let id = sample(rows[v], config, allowed, &mut rngs[v], &mut probs);
             has_velocity[v] |= matches!(
                 tokenizer::Event::from_id(id),
                 Some(tokenizer::Event::Velocity(_))
@@ -190,9 +191,8 @@ pub fn generate(
         if done.iter().all(|&d| d) {
             break;
         }
-        let ids = Tensor::from_vec(next, batch, &device)?;
-        logits = model.step(&ids, &mut state)?;
-        state = state.detach();
+        logits.clear();
+        logits.extend_from_slice(stepper.step(&next)?);
     }
 
     Ok(decoders

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use echoai::model::{LstmStack, LstmState, ModelConfig, ModelKind, MusicModel, Recurrence};
+use echoai::model::{
+    LstmStack, LstmState, ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, WeightPrecision,
+};
 
 const FIXTURE: &str = "tests/fixtures/lstm_parity.safetensors";
 
@@ -298,11 +300,16 @@ fn fused_gradients_match_finite_differences() {
 
 #[test]
 fn step_by_step_equals_whole_sequence_for_both_models() {
-    for kind in [ModelKind::Lstm, ModelKind::LstmAttention] {
+    // Hidden 20: 4H = 80 columns, so the stepper's last weight panel is ragged.
+    for (kind, hidden) in [
+        (ModelKind::Lstm, 16),
+        (ModelKind::LstmAttention, 16),
+        (ModelKind::Lstm, 20),
+    ] {
         let config = ModelConfig {
             kind,
             embed: 8,
-            hidden: 16,
+            hidden,
             layers: 2,
             window: 4,
             heads: 2,
@@ -329,10 +336,24 @@ fn step_by_step_equals_whole_sequence_for_both_models() {
         let ids = Tensor::from_vec(ids, (2, 11), &Device::Cpu).unwrap();
         let whole = model.forward(&ids, None).unwrap();
         let mut state = model.zero_state(2).unwrap();
+        let mut f32_stepper = Stepper::new(&model, 2, WeightPrecision::F32).unwrap();
+        let mut bf16_stepper = Stepper::new(&model, 2, WeightPrecision::Bf16).unwrap();
         for t in 0..11 {
+            let expect = whole.i((.., t)).unwrap();
             let step = model.step(&ids.i((.., t)).unwrap(), &mut state).unwrap();
-            let err = max_rel_err(&step, &whole.i((.., t)).unwrap());
+            let err = max_rel_err(&step, &expect);
             assert!(err < 1e-5, "{kind} step {t}: {err}");
+            let column: Vec<u32> = ids.i((.., t)).unwrap().to_vec1().unwrap();
+            let fast = f32_stepper.step(&column).unwrap().to_vec();
+            let fast = Tensor::from_vec(fast, (2, 390), &Device::Cpu).unwrap();
+            let err = max_rel_err(&fast, &expect);
+            assert!(err < 1e-5, "{kind} h={hidden} stepper step {t}: {err}");
+            let half = bf16_stepper.step(&column).unwrap().to_vec();
+            let half = Tensor::from_vec(half, (2, 390), &Device::Cpu).unwrap();
+            let err = max_rel_err(&half, &expect);
+            // bfloat16 keeps 8 bits of mantissa: about 0.4 % per weight.
+            assert!(err < 2e-2, "{kind} h={hidden} bf16 stepper step {t}: {err}");
+            assert!(err > 0.0, "bf16 weights must differ from f32 somewhere");
         }
     }
 }

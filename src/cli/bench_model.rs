@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{LSTMConfig, RNN};
 use candle_nn::{Module, VarBuilder, VarMap};
 
-use crate::model::{ModelConfig, ModelKind, MusicModel, Recurrence};
+use crate::model::{ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, WeightPrecision};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::VOCAB_SIZE;
@@ -224,6 +224,17 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
             &reference_config(s, kind),
             VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
         )?;
+        for precision in [WeightPrecision::F32, WeightPrecision::Bf16] {
+            let mut stepper = Stepper::new(&model, 1, precision)?;
+            let mut id = crate::tokenizer::START as u32;
+            let t0 = Instant::now();
+            for _ in 0..events {
+                id = greedy(stepper.step(&[id])?);
+            }
+            let rate = events as f64 / t0.elapsed().as_secs_f64();
+            let name = format!("{} ({precision:?})", kind.name());
+            println!("  echoai {name:<23} {rate:>8.0} events/s");
+        }
         let mut state = model.zero_state(1)?;
         let mut id = crate::tokenizer::START as u32;
         let t0 = Instant::now();
@@ -232,7 +243,8 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
             id = greedy(&logits.squeeze(0)?.to_vec1::<f32>()?);
         }
         let rate = events as f64 / t0.elapsed().as_secs_f64();
-        println!("  echoai {:<16} {rate:>8.0} events/s", kind.name());
+        let name = format!("{} (candle ops)", kind.name());
+        println!("  echoai {name:<23} {rate:>8.0} events/s");
     }
     if baseline {
         let varmap = VarMap::new();
@@ -263,7 +275,7 @@ pub fn bench_generate(s: &Sizes, events: usize, baseline: bool) -> anyhow::Resul
             id = greedy(&model.output.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?);
         }
         let rate = events as f64 / t0.elapsed().as_secs_f64();
-        println!("  {:<23} {rate:>8.0} events/s", "candle_nn::rnn::LSTM");
+        println!("  {:<30} {rate:>8.0} events/s", "candle_nn::rnn::LSTM");
     }
     Ok(())
 }

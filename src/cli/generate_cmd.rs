@@ -10,6 +10,7 @@ use crate::corpus::{Corpus, Split};
 use crate::device::DeviceChoice;
 use crate::generate::{GenerateConfig, generate};
 use crate::midi::{read_midi, write_midi};
+use crate::model::WeightPrecision;
 use crate::model::checkpoint::load_for_inference;
 use crate::train::evaluate_stream;
 
@@ -51,6 +52,9 @@ pub struct GenerateArgs {
     pub variations: usize,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceChoice,
+    /// Hold the weights as bfloat16 while sampling (CPU): faster, not bit-identical to f32.
+    #[arg(long)]
+    pub bf16: bool,
     /// Where to write the MIDI file.
     #[arg(long)]
     pub out: PathBuf,
@@ -72,6 +76,11 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         max_events: args.max_events,
         seed: args.seed,
         variations: args.variations,
+        precision: if args.bf16 {
+            WeightPrecision::Bf16
+        } else {
+            WeightPrecision::F32
+        },
     };
     eprintln!(
         "generating {} x {:.0} s with {} (step {})",

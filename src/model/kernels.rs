@@ -40,6 +40,30 @@ impl Panels {
     }
 }
 
+/// [`Panels`] rounded to bfloat16 (the top half of an f32): half the bytes to stream, for
+/// batch-1 generation, which reads every weight once per step and waits on memory.
+pub struct PanelsBf16 {
+    data: Vec<u16>,
+    k: usize,
+}
+
+impl PanelsBf16 {
+    pub fn from_f32(panels: &Panels) -> PanelsBf16 {
+        PanelsBf16 {
+            data: panels
+                .data
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect(),
+            k: panels.k,
+        }
+    }
+
+    pub fn panel(&self, p: usize) -> &[u16] {
+        &self.data[p * self.k * PANEL..(p + 1) * self.k * PANEL]
+    }
+}
+
 /// Which implementation multiplies by a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -117,6 +141,60 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// [`Kernel::panel_product`] with bfloat16 weights (widened to f32 exactly; f32 sums).
+    #[allow(clippy::too_many_arguments)]
+    pub fn panel_product_bf16(
+        self,
+        a: &[f32],
+        lda: usize,
+        rows: usize,
+        panel: &[u16],
+        k: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        assert!(
+            a.len() >= (rows - 1) * lda + k,
+            "panel product: lhs too short"
+        );
+        assert!(panel.len() >= k * PANEL, "panel product: panel too short");
+        assert!(
+            c.len() >= (rows - 1) * ldc + PANEL,
+            "panel product: output too short"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            // SAFETY: bounds asserted above; AVX-512 chosen only where present.
+            unsafe {
+                for r in 0..rows {
+                    x86::row_bf16_avx512(
+                        a.as_ptr().add(r * lda),
+                        panel.as_ptr(),
+                        k,
+                        c.as_mut_ptr().add(r * ldc),
+                    );
+                }
+            }
+            return;
+        }
+        for r in 0..rows {
+            let mut acc = [0f32; PANEL];
+            for kk in 0..k {
+                let av = a[r * lda + kk];
+                for (j, slot) in acc.iter_mut().enumerate() {
+                    let w = f32::from_bits((panel[kk * PANEL + j] as u32) << 16);
+                    *slot = w.mul_add(av, *slot);
+                }
+            }
+            c[r * ldc..r * ldc + PANEL].copy_from_slice(&acc);
+        }
+    }
+}
+
 /// # Safety
 /// As [`Kernel::panel_product`] asserts.
 unsafe fn rows_portable(
@@ -183,8 +261,71 @@ mod x86 {
                 r += 2;
             }
             if rows - r == 1 {
-                tile512::<1>(a.add(r * lda), lda, p, k, c.add(r * ldc), ldc);
+                row512(a.add(r * lda), p, k, c.add(r * ldc));
             }
+        }
+    }
+
+    /// One row: a single accumulator pair would wait on each FMA's latency, so even and odd
+    /// steps of `k` go to separate pairs (generation runs at batch 1).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row512(a: *const f32, p: *const f32, k: usize, c: *mut f32) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut kk = 0;
+        // SAFETY: kk + 1 < k inside the loop, kk < k after it; the panel holds k x 32 floats.
+        unsafe {
+            while kk + 1 < k {
+                let (a0, a1) = (_mm512_set1_ps(*a.add(kk)), _mm512_set1_ps(*a.add(kk + 1)));
+                acc[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL)), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL + 16)), acc[1]);
+                acc[2] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p.add(kk * PANEL + 32)), acc[2]);
+                acc[3] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p.add(kk * PANEL + 48)), acc[3]);
+                kk += 2;
+            }
+            if kk < k {
+                let a0 = _mm512_set1_ps(*a.add(kk));
+                acc[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL)), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL + 16)), acc[1]);
+            }
+            _mm512_storeu_ps(c, _mm512_add_ps(acc[0], acc[2]));
+            _mm512_storeu_ps(c.add(16), _mm512_add_ps(acc[1], acc[3]));
+        }
+    }
+
+    /// bfloat16 weights widened to f32 by a 16-bit shift (exact), otherwise as [`row512`].
+    ///
+    /// # Safety
+    /// AVX-512F present; `a` holds `k` floats, `p` `k x 32` bf16 values, `c` 32 floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn row_bf16_avx512(a: *const f32, p: *const u16, k: usize, c: *mut f32) {
+        #[inline(always)]
+        unsafe fn widen(p: *const u16) -> __m512 {
+            // SAFETY: the caller passes 16 readable u16 values.
+            unsafe {
+                let raw = _mm256_loadu_si256(p as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
+            }
+        }
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut kk = 0;
+        // SAFETY: kk + 1 < k inside the loop, kk < k after it; the panel holds k x 32 values.
+        unsafe {
+            while kk + 1 < k {
+                let (a0, a1) = (_mm512_set1_ps(*a.add(kk)), _mm512_set1_ps(*a.add(kk + 1)));
+                acc[0] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL)), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL + 16)), acc[1]);
+                acc[2] = _mm512_fmadd_ps(a1, widen(p.add(kk * PANEL + 32)), acc[2]);
+                acc[3] = _mm512_fmadd_ps(a1, widen(p.add(kk * PANEL + 48)), acc[3]);
+                kk += 2;
+            }
+            if kk < k {
+                let a0 = _mm512_set1_ps(*a.add(kk));
+                acc[0] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL)), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL + 16)), acc[1]);
+            }
+            _mm512_storeu_ps(c, _mm512_add_ps(acc[0], acc[2]));
+            _mm512_storeu_ps(c.add(16), _mm512_add_ps(acc[1], acc[3]));
         }
     }
 
@@ -339,6 +480,32 @@ mod tests {
                     }
                     for col in n..ldc {
                         assert_eq!(out[r * ldc + col], 0.0, "{kernel:?}: padding must be zero");
+                    }
+                }
+                // bfloat16 weights: the same product with the weights rounded to 8 bits of mantissa.
+                let half = PanelsBf16::from_f32(&panels);
+                for p in 0..n.div_ceil(PANEL) {
+                    kernel.panel_product_bf16(
+                        &a,
+                        lda,
+                        rows,
+                        half.panel(p),
+                        k,
+                        &mut out[p * PANEL..],
+                        ldc,
+                    );
+                }
+                for r in 0..rows {
+                    for col in 0..n {
+                        let rounded = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+                        let exact: f64 = (0..k)
+                            .map(|kk| a[r * lda + kk] as f64 * rounded(b[kk * n + col]))
+                            .sum();
+                        let got = out[r * ldc + col] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                            "{kernel:?} bf16 {rows}x{k}x{n} at ({r}, {col}): {got} vs {exact}"
+                        );
                     }
                 }
             }

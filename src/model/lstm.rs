@@ -123,6 +123,11 @@ impl LstmLayer {
         self.cell(&gates, c)
     }
 
+    /// `(W_ih, W_hh, b_ih, b_hh)`.
+    pub fn weights(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor) {
+        (&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh)
+    }
+
     /// Summed per call, never cached: the optimizer updates the two biases in place.
     fn bias(&self) -> Result<Tensor> {
         &self.b_ih + &self.b_hh
@@ -163,6 +168,10 @@ impl LstmStack {
             hidden,
             dropout,
         })
+    }
+
+    pub fn layers(&self) -> &[LstmLayer] {
+        &self.layers
     }
 
     pub fn num_layers(&self) -> usize {

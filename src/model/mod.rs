@@ -11,12 +11,14 @@ mod gates;
 pub mod init;
 pub mod kernels;
 mod lstm;
+mod stepper;
 mod team;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
 pub use fused_lstm::FusedLstmOp;
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
+pub use stepper::{Stepper, WeightPrecision};
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};

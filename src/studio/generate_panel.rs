@@ -13,6 +13,7 @@ use crate::device::DeviceChoice;
 use crate::generate::{GenerateConfig, Take, generate};
 use crate::live_midi::{MidiIn, MidiRecorder, PortChoice};
 use crate::model::MusicModel;
+use crate::model::WeightPrecision;
 use crate::model::checkpoint::{self, load_for_inference};
 use crate::performance::{Note, Performance};
 use crate::stats::{PieceStats, compare};
@@ -557,6 +558,8 @@ impl GeneratePanel {
             max_events: (s.seconds * 200.0).max(1000.0) as usize,
             seed: s.seed,
             variations: s.variations,
+            // f32 already samples at ~100x real time here; bfloat16 is a CLI choice.
+            precision: WeightPrecision::F32,
         };
         config.validate()?;
         let cached = self

@@ -31,6 +31,30 @@ impl Panels {
         Panels { data, k }
     }
 
+    /// The transpose of a row-major matrix: column `c` of panel `p` is row `row_of(p, c)` of
+    /// `w` (`k` values from `offset`, rows `stride` apart), or zeros for `None`. Reads each row
+    /// in order, so packing a 4 MB matrix streams it once.
+    pub fn pack_rows(
+        k: usize,
+        panels: usize,
+        w: &[f32],
+        (stride, offset): (usize, usize),
+        row_of: impl Fn(usize, usize) -> Option<usize>,
+    ) -> Panels {
+        let mut data = vec![0f32; panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+            for c in 0..PANEL {
+                if let Some(row) = row_of(p, c) {
+                    let src = &w[row * stride + offset..][..k];
+                    for (kk, &v) in src.iter().enumerate() {
+                        panel[kk * PANEL + c] = v;
+                    }
+                }
+            }
+        }
+        Panels { data, k }
+    }
+
     pub fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * PANEL..(p + 1) * self.k * PANEL]
     }

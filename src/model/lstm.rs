@@ -9,7 +9,7 @@
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::fused_lstm::FusedLstmOp;
+use super::fused_lstm::{FusedLstmOp, LayerInput};
 use crate::rng::Rng;
 
 /// How the recurrence of a sequence is computed.
@@ -88,15 +88,7 @@ impl LstmLayer {
             && b > 0;
         if fused {
             let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?;
-            let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
-            let x = x.contiguous()?;
-            // Activations are kept only when autograd will ask for the backward pass.
-            let needs_grad = x.track_op() || w.track_op() || extra.track_op();
-            let out = x.apply_op3(&w, &extra, FusedLstmOp::new(needs_grad))?;
-            let hs = out.narrow(1, 0, t)?;
-            let h_n = out.i((.., t - 1))?;
-            let c_n = out.i((.., t))?;
-            return Ok((hs, h_n, c_n));
+            return self.fused(x, &w, h0, c0, LayerInput::Dense);
         }
         let xproj = x
             .reshape((b * t, input))?
@@ -112,6 +104,56 @@ impl LstmLayer {
             outputs.push(h.clone());
         }
         Ok((Tensor::stack(&outputs, 1)?, h, c))
+    }
+
+    /// The fused op ([`FusedLstmOp`]) on `input` (vectors or ids) with `w = [input part | W_hh]`.
+    fn fused(
+        &self,
+        input: &Tensor,
+        w: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        kind: LayerInput,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let t = input.dims()[1];
+        let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
+        let input = input.contiguous()?;
+        // Activations are kept only when autograd will ask for the backward pass.
+        let needs_grad = input.track_op() || w.track_op() || extra.track_op();
+        let out = input.apply_op3(w, &extra, FusedLstmOp::new(needs_grad, kind))?;
+        let hs = out.narrow(1, 0, t)?;
+        let h_n = out.i((.., t - 1))?;
+        let c_n = out.i((.., t))?;
+        Ok((hs, h_n, c_n))
+    }
+
+    /// As [`LstmLayer::forward`] for `embedding[ids]` (`ids [B, T]` u32, `embedding [V, In]`).
+    /// The fused path never builds the embedded vectors: it hands the op the input projection of
+    /// every vocabulary entry, `W_ih embedding^T [4H, V]`, and the ids.
+    pub fn forward_ids(
+        &self,
+        ids: &Tensor,
+        embedding: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = ids.dims2()?;
+        let fused = recurrence == Recurrence::Auto
+            && ids.device().is_cpu()
+            && embedding.dtype() == DType::F32
+            && t > 0
+            && b > 0;
+        if fused {
+            let per_id = self.w_ih.matmul(&embedding.t()?)?;
+            let w = Tensor::cat(&[&per_id, &self.w_hh], 1)?;
+            return self.fused(&ids.to_dtype(DType::U32)?, &w, h0, c0, LayerInput::Ids);
+        }
+        let x =
+            embedding
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, embedding.dim(1)?))?;
+        self.forward(&x, h0, c0, recurrence)
     }
 
     /// One step: `x [B, In]` with state `(h, c)` -> new `(h, c)`.
@@ -185,17 +227,41 @@ impl LstmStack {
         x: &Tensor,
         state: &LstmState,
         recurrence: Recurrence,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Tensor, LstmState)> {
+        let (out, h, c) = self.layers[0].forward(x, &state.h[0], &state.c[0], recurrence)?;
+        self.upper_layers(out, (h, c), state, recurrence, dropout_rng)
+    }
+
+    /// As [`LstmStack::forward`] on `embedding[ids]`; see [`LstmLayer::forward_ids`].
+    pub fn forward_ids(
+        &self,
+        ids: &Tensor,
+        embedding: &Tensor,
+        state: &LstmState,
+        recurrence: Recurrence,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Tensor, LstmState)> {
+        let (out, h, c) =
+            self.layers[0].forward_ids(ids, embedding, &state.h[0], &state.c[0], recurrence)?;
+        self.upper_layers(out, (h, c), state, recurrence, dropout_rng)
+    }
+
+    /// Layers 1.. on layer 0's output `x` and final state `first`.
+    fn upper_layers(
+        &self,
+        mut x: Tensor,
+        first: (Tensor, Tensor),
+        state: &LstmState,
+        recurrence: Recurrence,
         mut dropout_rng: Option<&mut Rng>,
     ) -> Result<(Tensor, LstmState)> {
-        let mut x = x.clone();
         let mut next = LstmState {
-            h: Vec::with_capacity(self.layers.len()),
-            c: Vec::with_capacity(self.layers.len()),
+            h: vec![first.0],
+            c: vec![first.1],
         };
-        for (l, layer) in self.layers.iter().enumerate() {
-            if l > 0
-                && let Some(rng) = dropout_rng.as_deref_mut()
-            {
+        for (l, layer) in self.layers.iter().enumerate().skip(1) {
+            if let Some(rng) = dropout_rng.as_deref_mut() {
                 x = dropout(&x, self.dropout, rng)?;
             }
             let (out, h, c) = layer.forward(&x, &state.h[l], &state.c[l], recurrence)?;

@@ -16,7 +16,7 @@ mod team;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
-pub use fused_lstm::FusedLstmOp;
+pub use fused_lstm::{FusedLstmOp, LayerInput};
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 
@@ -114,10 +114,13 @@ impl MusicModel {
     ) -> Result<Tensor> {
         let (b, _) = ids.dims2()?;
         let state = self.zero_state(b)?;
-        let x = self.embedding.forward(ids)?;
-        let (h, _) = self
-            .lstm
-            .forward(&x, &state.lstm, recurrence, dropout_rng)?;
+        let (h, _) = self.lstm.forward_ids(
+            ids,
+            self.embedding.embeddings(),
+            &state.lstm,
+            recurrence,
+            dropout_rng,
+        )?;
         let h = match &self.attention {
             Some(attention) => attention.forward(&h)?,
             None => h,

@@ -60,9 +60,9 @@ impl Matrix {
 
 /// `w^T` of a row-major `[n, k]` matrix, as panels of `k x 32`.
 fn transposed_panels(w: &[f32], n: usize, k: usize) -> Panels {
-    Panels::pack(k, n.div_ceil(PANEL), |p, kk, c| {
-        let col = p * PANEL + c;
-        if col < n { w[col * k + kk] } else { 0.0 }
+    Panels::pack_rows(k, n.div_ceil(PANEL), w, (k, 0), |p, c| {
+        let row = p * PANEL + c;
+        (row < n).then_some(row)
     })
 }
 

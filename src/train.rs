@@ -295,11 +295,7 @@ fn run(
         );
         let inputs = Tensor::from_vec(inputs, (cfg.batch, cfg.seq_len), &s.device)?;
         let targets = Tensor::from_vec(targets, cfg.batch * cfg.seq_len, &s.device)?;
-        let logits = s.model.forward(&inputs, Some(&mut s.state.rng))?;
-        let loss = candle_nn::loss::cross_entropy(
-            &logits.reshape((cfg.batch * cfg.seq_len, cfg.model.vocab_size))?,
-            &targets,
-        )?;
+        let loss = s.model.loss(&inputs, &targets, Some(&mut s.state.rng))?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let step = s.state.step;
         if !loss_value.is_finite() {
@@ -547,10 +543,8 @@ pub fn evaluate_crops(
             .collect();
         let inputs = Tensor::from_vec(inputs, (b, len - 1), device)?;
         let targets = Tensor::from_vec(targets, b * (len - 1), device)?;
-        let logits = model
-            .forward(&inputs, None)?
-            .reshape((b * (len - 1), model.config.vocab_size))?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?
+        let loss = model
+            .loss(&inputs, &targets, None)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         total += loss * (b * (len - 1)) as f64;

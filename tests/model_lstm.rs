@@ -108,9 +108,10 @@ fn logits_loss_and_every_gradient_match_pytorch() {
         let logits = model.forward_with(&ids, None, recurrence).unwrap();
         let err = max_rel_err(&logits, &f["expect.logits_zero_state"]);
         assert!(err < 1e-5, "{recurrence:?} logits: {err}");
-        let pred = logits.narrow(1, 0, 6).unwrap().reshape((18, 390)).unwrap();
+        // The loss through `loss_with`: Auto fuses the output layer and the cross-entropy.
         let target = ids.narrow(1, 1, 6).unwrap().flatten_all().unwrap();
-        let loss = candle_nn::loss::cross_entropy(&pred, &target).unwrap();
+        let inputs = ids.narrow(1, 0, 6).unwrap();
+        let loss = model.loss_with(&inputs, &target, None, recurrence).unwrap();
         let expect = f["expect.loss"]
             .to_dtype(DType::F64)
             .unwrap()
@@ -471,14 +472,14 @@ fn fused_and_composed_training_give_the_same_loss_curve() {
         .unwrap();
         let mut losses = Vec::new();
         for _ in 0..15 {
-            let logits = model
-                .forward_with(&ids.narrow(1, 0, 16).unwrap(), None, recurrence)
+            let loss = model
+                .loss_with(
+                    &ids.narrow(1, 0, 16).unwrap(),
+                    &ids.narrow(1, 1, 16).unwrap().flatten_all().unwrap(),
+                    None,
+                    recurrence,
+                )
                 .unwrap();
-            let loss = candle_nn::loss::cross_entropy(
-                &logits.reshape((64, 390)).unwrap(),
-                &ids.narrow(1, 1, 16).unwrap().flatten_all().unwrap(),
-            )
-            .unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             opt.step(&loss.backward().unwrap(), 1e-2, 3.0).unwrap();
         }

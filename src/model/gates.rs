@@ -156,6 +156,48 @@ impl Simd {
     }
 }
 
+#[inline(always)]
+fn exp_shifted_impl(row: &mut [f32], shift: f32) -> f32 {
+    for v in row.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    // Sixteen running sums: a single one would not vectorise (float addition does not reassociate).
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+impl Simd {
+    /// `row[j] = e^(row[j] - shift)`; returns the sum of the new values.
+    pub fn exp_shifted(self, row: &mut [f32], shift: f32) -> f32 {
+        match self {
+            // SAFETY: `detect` chose these only where the CPU has the features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { exp_shifted_avx512(row, shift) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { exp_shifted_avx2(row, shift) },
+            _ => exp_shifted_impl(row, shift),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_shifted_avx512(row: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_impl(row, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_impl(row, shift)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn forward_avx512(row: ForwardRow) {

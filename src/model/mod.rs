@@ -11,6 +11,8 @@ mod gates;
 pub mod init;
 pub mod kernels;
 mod lstm;
+mod matmul;
+mod output_loss;
 mod stepper;
 mod team;
 
@@ -20,7 +22,7 @@ pub use fused_lstm::{FusedLstmOp, LayerInput};
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use crate::rng::Rng;
@@ -112,6 +114,17 @@ impl MusicModel {
         dropout_rng: Option<&mut Rng>,
         recurrence: Recurrence,
     ) -> Result<Tensor> {
+        self.output
+            .forward(&self.top_states(ids, dropout_rng, recurrence)?)
+    }
+
+    /// The last hidden layer `[B, T, H]` (after attention) for ids `[B, T]` from the zero state.
+    fn top_states(
+        &self,
+        ids: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+        recurrence: Recurrence,
+    ) -> Result<Tensor> {
         let (b, _) = ids.dims2()?;
         let state = self.zero_state(b)?;
         let (h, _) = self.lstm.forward_ids(
@@ -121,11 +134,56 @@ impl MusicModel {
             recurrence,
             dropout_rng,
         )?;
-        let h = match &self.attention {
-            Some(attention) => attention.forward(&h)?,
-            None => h,
+        match &self.attention {
+            Some(attention) => attention.forward(&h),
+            None => Ok(h),
+        }
+    }
+
+    /// The mean cross-entropy (nats per event) of predicting `targets [B * T]` (u32) from
+    /// `ids [B, T]`: the training objective. With `dropout_rng` the model is in training mode.
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        self.loss_with(ids, targets, dropout_rng, Recurrence::Auto)
+    }
+
+    /// As [`MusicModel::loss`]; `Recurrence::Auto` on the CPU in f32 also fuses the output layer
+    /// with the loss ([`output_loss::OutputLossOp`]), `Composed` uses candle's ops throughout.
+    pub fn loss_with(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+        recurrence: Recurrence,
+    ) -> Result<Tensor> {
+        let h = self.top_states(ids, dropout_rng, recurrence)?;
+        let (b, t, hidden) = h.dims3()?;
+        let h = h.reshape((b * t, hidden))?;
+        let weight = self.output.weight();
+        let fused = recurrence == Recurrence::Auto
+            && h.device().is_cpu()
+            && h.dtype() == DType::F32
+            && b * t > 0;
+        if !fused {
+            let logits = self.output.forward(&h)?;
+            return candle_nn::loss::cross_entropy(&logits, targets);
+        }
+        let bias = match self.output.bias() {
+            Some(bias) => bias.clone(),
+            None => Tensor::zeros(weight.dim(0)?, DType::F32, h.device())?,
         };
-        self.output.forward(&h)
+        let wb = Tensor::cat(&[weight, &bias.unsqueeze(1)?], 1)?;
+        let h = h.contiguous()?;
+        let keep = h.track_op() || wb.track_op();
+        h.apply_op3(
+            &wb,
+            &targets.to_dtype(DType::U32)?.contiguous()?,
+            output_loss::OutputLossOp::new(keep),
+        )
     }
 
     /// Feeds one id per sequence (`[B]`, u32) and returns logits `[B, V]` for the next event.

@@ -49,7 +49,32 @@ impl AttentionCache {
     }
 }
 
+/// The weights of a [`LocalAttention`], for code that runs it outside candle.
+pub struct AttentionParts<'a> {
+    pub qkv: &'a Linear,
+    pub out: &'a Linear,
+    pub rel_bias: &'a Tensor,
+    pub norm_weight: &'a Tensor,
+    pub norm_bias: &'a Tensor,
+    pub heads: usize,
+    pub window: usize,
+    pub eps: f64,
+}
+
 impl LocalAttention {
+    pub fn parts(&self) -> AttentionParts<'_> {
+        AttentionParts {
+            qkv: &self.qkv,
+            out: &self.out,
+            rel_bias: &self.rel_bias,
+            norm_weight: &self.norm_weight,
+            norm_bias: &self.norm_bias,
+            heads: self.heads,
+            window: self.window,
+            eps: LAYER_NORM_EPS,
+        }
+    }
+
     pub fn new(hidden: usize, heads: usize, window: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(LocalAttention {
             qkv: candle_nn::linear(hidden, 3 * hidden, vb.pp("qkv"))?,

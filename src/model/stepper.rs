@@ -1,13 +1,13 @@
 //! Streaming generation without candle in the loop: one event per call for a small batch, on
-//! weights prepared once, with no allocation per step (the LSTM model; the attention model runs
-//! its attention block through candle).
+//! weights prepared once, with no allocation per step.
 //!
 //! Why: a batch-1 step reads every weight once for ~8 MFLOP of work, so it waits on memory, and
 //! candle's per-op dispatch, allocation and composed gate math cost more than the arithmetic.
 //! Here each layer is one product over `[x_t | h_{t-1}]` on weights packed into panels
 //! ([`super::kernels`]), one vectorised gate pass ([`super::gates`]), and the output layer one
 //! more product. Layer 0 needs no product for its input at all: `embedding W_ih^T + b` has one
-//! row per event id and is tabulated (390 x 4H). Weights can be held as bfloat16
+//! row per event id and is tabulated (390 x 4H). The attention block keeps its last W keys and
+//! values in a ring per sequence. Weights can be held as bfloat16
 //! ([`WeightPrecision::Bf16`]): half the bytes per step, with sums still in f32.
 
 use candle_core::{DType, Result, Tensor};
@@ -78,10 +78,166 @@ struct Layer {
     bias: Vec<f32>,
 }
 
+/// [`super::LocalAttention`] for one position at a time.
+struct Attention {
+    qkv: Matrix,
+    qkv_bias: Vec<f32>,
+    out: Matrix,
+    out_bias: Vec<f32>,
+    /// `[heads, W]`: the score bias for a key `d` positions back.
+    rel_bias: Vec<f32>,
+    norm_weight: Vec<f32>,
+    norm_bias: Vec<f32>,
+    heads: usize,
+    window: usize,
+    eps: f32,
+}
+
+/// Per-sequence keys and values of the last W positions, as rings of `[W, H]`.
+struct AttentionCache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    /// Positions held (at most W) and the ring slot of the oldest.
+    len: usize,
+    oldest: usize,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    out: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// A dot product in eight running sums (one sum would not vectorise: float addition does not
+/// reassociate).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn bias_of(linear: &candle_nn::Linear, n: usize) -> Result<Vec<f32>> {
+    match linear.bias() {
+        Some(b) => values(b),
+        None => Ok(vec![0.0; n]),
+    }
+}
+
+impl Attention {
+    fn new(a: &super::LocalAttention, hidden: usize, precision: WeightPrecision) -> Result<Self> {
+        let parts = a.parts();
+        Ok(Attention {
+            qkv: Matrix::new(
+                transposed_panels(&values(parts.qkv.weight())?, 3 * hidden, hidden),
+                precision,
+            ),
+            qkv_bias: bias_of(parts.qkv, 3 * hidden)?,
+            out: Matrix::new(
+                transposed_panels(&values(parts.out.weight())?, hidden, hidden),
+                precision,
+            ),
+            out_bias: bias_of(parts.out, hidden)?,
+            rel_bias: values(parts.rel_bias)?,
+            norm_weight: values(parts.norm_weight)?,
+            norm_bias: values(parts.norm_bias)?,
+            heads: parts.heads,
+            window: parts.window,
+            eps: parts.eps as f32,
+        })
+    }
+
+    fn cache(&self, batch: usize, hidden: usize) -> AttentionCache {
+        AttentionCache {
+            keys: vec![0.0; batch * self.window * hidden],
+            values: vec![0.0; batch * self.window * hidden],
+            len: 0,
+            oldest: 0,
+            qkv: vec![0.0; batch * (3 * hidden).div_ceil(PANEL) * PANEL],
+            context: vec![0.0; batch * hidden],
+            out: vec![0.0; batch * hidden.div_ceil(PANEL) * PANEL],
+            scores: vec![0.0; self.window],
+        }
+    }
+
+    /// `h [B, H]` (in place) -> `LayerNorm(h + W_o context)`, attending over the ring.
+    fn step(&self, kernel: Kernel, simd: Simd, h: &mut [f32], c: &mut AttentionCache) {
+        let hidden = self.norm_weight.len();
+        let batch = h.len() / hidden;
+        let (w, d) = (self.window, hidden / self.heads);
+        let ld = (3 * hidden).div_ceil(PANEL) * PANEL;
+        self.qkv.product(kernel, h, batch, hidden, &mut c.qkv, ld);
+        // The new position goes after the newest; a full ring overwrites the oldest.
+        let slot = (c.oldest + c.len) % w;
+        if c.len == w {
+            c.oldest = (c.oldest + 1) % w;
+        } else {
+            c.len += 1;
+        }
+        let n = c.len;
+        let scale = 1.0 / (d as f32).sqrt();
+        for b in 0..batch {
+            let qkv = &mut c.qkv[b * ld..b * ld + 3 * hidden];
+            for (v, bias) in qkv.iter_mut().zip(&self.qkv_bias) {
+                *v += bias;
+            }
+            let ring = b * w * hidden;
+            c.keys[ring + slot * hidden..][..hidden].copy_from_slice(&qkv[hidden..2 * hidden]);
+            c.values[ring + slot * hidden..][..hidden].copy_from_slice(&qkv[2 * hidden..]);
+            for head in 0..self.heads {
+                let q = &qkv[head * d..(head + 1) * d];
+                let scores = &mut c.scores[..n];
+                // Position j (oldest first) is n - 1 - j steps back.
+                for (j, score) in scores.iter_mut().enumerate() {
+                    let at = ring + ((c.oldest + j) % w) * hidden + head * d;
+                    let k = &c.keys[at..at + d];
+                    let dot = dot(q, k);
+                    *score = dot * scale + self.rel_bias[head * w + (n - 1 - j)];
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let inv = 1.0 / simd.exp_shifted(scores, max);
+                let context = &mut c.context[b * hidden + head * d..][..d];
+                context.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let at = ring + ((c.oldest + j) % w) * hidden + head * d;
+                    let weight = p * inv;
+                    for (acc, &v) in context.iter_mut().zip(&c.values[at..at + d]) {
+                        *acc += weight * v;
+                    }
+                }
+            }
+        }
+        let lo = hidden.div_ceil(PANEL) * PANEL;
+        self.out
+            .product(kernel, &c.context, batch, hidden, &mut c.out, lo);
+        for b in 0..batch {
+            let y = &mut h[b * hidden..(b + 1) * hidden];
+            for ((y, &o), &bias) in y.iter_mut().zip(&c.out[b * lo..]).zip(&self.out_bias) {
+                *y += o + bias;
+            }
+            let mean = y.iter().sum::<f32>() / hidden as f32;
+            let var = y.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, &g), &beta) in y.iter_mut().zip(&self.norm_weight).zip(&self.norm_bias) {
+                *v = (*v - mean) * inv * g + beta;
+            }
+        }
+    }
+}
+
 struct Prepared {
     /// `[V, 4H]`: embedding row times `W_ih^T` plus both biases of layer 0.
     table: Vec<f32>,
     layers: Vec<Layer>,
+    attention: Option<Attention>,
     output: Matrix,
     output_bias: Vec<f32>,
     hidden: usize,
@@ -135,9 +291,14 @@ impl Prepared {
             Some(b) => values(b)?,
             None => vec![0.0; vocab],
         };
+        let attention = match &model.attention {
+            Some(a) => Some(Attention::new(a, h, precision)?),
+            None => None,
+        };
         Ok(Prepared {
             table,
             layers,
+            attention,
             output: Matrix::new(output, precision),
             output_bias,
             hidden: h,
@@ -162,6 +323,7 @@ struct Buffers {
     tanh_c: Vec<f32>,
     zeros: Vec<f32>,
     top: Vec<f32>,
+    attention: Option<AttentionCache>,
 }
 
 /// Feeds one event id per sequence and returns the logits of the next event.
@@ -169,7 +331,7 @@ pub struct Stepper<'m> {
     model: &'m MusicModel,
     batch: usize,
     prepared: Option<(Prepared, Buffers)>,
-    /// The candle state: all of it when the prepared path is not used, else the attention cache.
+    /// The candle state, when the prepared path is not used.
     state: State,
     logits: Vec<f32>,
 }
@@ -191,6 +353,7 @@ impl<'m> Stepper<'m> {
                 tanh_c: vec![0.0; h],
                 zeros: vec![0.0; four_h],
                 top: vec![0.0; batch * h],
+                attention: p.attention.as_ref().map(|a| a.cache(batch, h)),
             };
             Some((p, buffers))
         } else {
@@ -264,10 +427,8 @@ impl<'m> Stepper<'m> {
                 }
             }
         }
-        if let Some(attention) = &self.model.attention {
-            let top = Tensor::from_slice(&buf.top, (b, h), self.model.device())?;
-            let y = attention.step(&top, &mut self.state.attention)?;
-            buf.top.copy_from_slice(&values(&y)?);
+        if let (Some(attention), Some(cache)) = (&p.attention, &mut buf.attention) {
+            attention.step(p.kernel, p.simd, &mut buf.top, cache);
         }
         let ldo = p.vocab.div_ceil(PANEL) * PANEL;
         p.output

@@ -133,6 +133,22 @@ impl Simd {
         Simd::Baseline
     }
 
+    /// Every instruction set this CPU runs.
+    #[cfg(test)]
+    pub fn available() -> Vec<Simd> {
+        let mut all = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Simd::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                all.push(Simd::Avx512);
+            }
+        }
+        all
+    }
+
     pub fn forward(self, row: ForwardRow) {
         match self {
             // SAFETY: `detect` chose these only where the CPU has the features.
@@ -289,12 +305,43 @@ mod tests {
             assert!((c0[j] as f64 - c).abs() < 1e-5);
             assert!((h0[j] as f64 - s(pre(3)) * c.tanh()).abs() < 1e-5);
         }
-        for simd in [Simd::detect()] {
+        for simd in Simd::available() {
             let (c, h, g) = run(simd);
             let pairs = c.iter().zip(&c0).chain(h.iter().zip(&h0));
             let pairs = pairs.chain(g.iter().zip(&g0).flat_map(|(a, b)| a.iter().zip(b)));
             for (a, b) in pairs {
                 assert!((a - b).abs() < 1e-6, "{simd:?}: {a} vs {b}");
+            }
+        }
+        // The backward pass: gate derivatives and the carried cell gradient.
+        let backward = |simd: Simd| {
+            let mut dc = v(1.4);
+            let mut da = [vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+            let gates = [v(1.5), v(1.6), v(1.7), v(1.8)]
+                .map(|g| g.iter().map(|x| sigmoid(*x)).collect::<Vec<f32>>());
+            let tanh_c = v(1.9).iter().map(|x| tanh(*x)).collect::<Vec<f32>>();
+            let (dh_out, dh_next) = (v(2.0), v(2.1));
+            {
+                let [d0, d1, d2, d3] = &mut da;
+                simd.backward(BackwardRow {
+                    gates: [&gates[0], &gates[1], &gates[2], &gates[3]],
+                    tanh_c: &tanh_c,
+                    c_prev: &c_prev,
+                    dh_out: &dh_out,
+                    dh_next: &dh_next,
+                    dc: &mut dc,
+                    da: [d0, d1, d2, d3],
+                });
+            }
+            (dc, da)
+        };
+        let (dc0, da0) = backward(Simd::Baseline);
+        for simd in Simd::available() {
+            let (dc, da) = backward(simd);
+            let pairs = dc.iter().zip(&dc0);
+            let pairs = pairs.chain(da.iter().zip(&da0).flat_map(|(a, b)| a.iter().zip(b)));
+            for (a, b) in pairs {
+                assert!((a - b).abs() < 1e-5, "{simd:?} backward: {a} vs {b}");
             }
         }
     }

@@ -21,7 +21,9 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
+use super::cpu_values::with_values;
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
@@ -175,12 +177,13 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 /// `[A, B, C]` row-major to `[B, A, C]`.
 fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0f32; a * b * c];
-    for i in 0..a {
-        for j in 0..b {
-            out[(j * a + i) * c..(j * a + i + 1) * c]
-                .copy_from_slice(&src[(i * b + j) * c..(i * b + j + 1) * c]);
-        }
-    }
+    out.par_chunks_mut(a * c)
+        .enumerate()
+        .for_each(|(j, block)| {
+            for (i, row) in block.chunks_exact_mut(c).enumerate() {
+                row.copy_from_slice(&src[(i * b + j) * c..(i * b + j + 1) * c]);
+            }
+        });
     out
 }
 
@@ -238,9 +241,12 @@ impl CustomOp3 for FusedLstmOp {
                         table[v * four_h + n] = value;
                     }
                 }
-                for (row, &id) in xproj.chunks_exact_mut(four_h).zip(ids) {
-                    row.copy_from_slice(&table[id as usize * four_h..][..four_h]);
-                }
+                xproj
+                    .par_chunks_mut(four_h)
+                    .zip(ids)
+                    .for_each(|(row, &id)| {
+                        row.copy_from_slice(&table[id as usize * four_h..][..four_h]);
+                    });
             }
         }
 
@@ -256,13 +262,18 @@ impl CustomOp3 for FusedLstmOp {
         let mut xh = vec![0f32; (t + 1) * b * xw];
         for bi in 0..b {
             xh[bi * xw + x_width..(bi + 1) * xw].copy_from_slice(&extra[four_h + bi * h..][..h]);
-            if keep && x_width > 0 {
-                for s in 0..t {
-                    let row = (s * b + bi) * xw;
-                    xh[row..row + x_width]
-                        .copy_from_slice(&dense_x[(bi * t + s) * x_width..][..x_width]);
-                }
-            }
+        }
+        if keep && x_width > 0 {
+            // x by time, beside the h of the step before: the rows of the single dW GEMM.
+            xh.par_chunks_mut(b * xw)
+                .take(t)
+                .enumerate()
+                .for_each(|(s, block)| {
+                    for (bi, row) in block.chunks_exact_mut(xw).enumerate() {
+                        row[..x_width]
+                            .copy_from_slice(&dense_x[(bi * t + s) * x_width..][..x_width]);
+                    }
+                });
         }
         let mut cells = vec![0f32; (t + 1) * b * h];
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
@@ -353,14 +364,18 @@ impl CustomOp3 for FusedLstmOp {
         }
 
         let mut out = vec![0f32; b * (t + 1) * h];
-        for bi in 0..b {
-            for s in 0..t {
-                let src = ((s + 1) * b + bi) * xw + x_width;
-                out[(bi * (t + 1) + s) * h..][..h].copy_from_slice(&xh[src..src + h]);
-            }
-            let src = (t * b + bi) * h;
-            out[(bi * (t + 1) + t) * h..][..h].copy_from_slice(&cells[src..src + h]);
-        }
+        out.par_chunks_mut((t + 1) * h)
+            .enumerate()
+            .for_each(|(bi, rows)| {
+                for (s, row) in rows.chunks_exact_mut(h).enumerate() {
+                    let src = if s < t {
+                        &xh[((s + 1) * b + bi) * xw + x_width..][..h]
+                    } else {
+                        &cells[(t * b + bi) * h..][..h]
+                    };
+                    row.copy_from_slice(src);
+                }
+            });
         if keep {
             *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
                 gates,
@@ -381,21 +396,42 @@ impl CustomOp3 for FusedLstmOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().map_err(|_| poisoned())?.take();
-        let Some(Saved {
+        let Some(saved) = saved else {
+            bail!("fused LSTM: backward without a training forward (or run twice)")
+        };
+        let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
+        let device = x.device();
+        // Read in place: the gradient and the weights are megabytes, copied every step otherwise.
+        with_values(grad_res, |grad: &[f32]| {
+            with_values(w, |w: &[f32]| match self.input_kind {
+                LayerInput::Dense => self.backward(d, saved, grad, w, &[], device),
+                LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                    self.backward(d, saved, grad, w, ids, device)
+                }),
+            })
+        })
+    }
+}
+
+impl FusedLstmOp {
+    /// The backward pass on borrowed values: `grad [B, T + 1, H]`, `w`, and the ids (ids mode).
+    fn backward(
+        &self,
+        d: Dims,
+        saved: Saved,
+        grad: &[f32],
+        w: &[f32],
+        ids: &[u32],
+        device: &candle_core::Device,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Saved {
             gates,
             tanh_c,
             cells,
             xh,
-        }) = saved
-        else {
-            bail!("fused LSTM: backward without a training forward (or run twice)")
-        };
-        let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
+        } = saved;
         let Dims { b, t, input, h, .. } = d;
         let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
-        let device = x.device();
-        let grad = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let w = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
 
         // W_hh in panels: panel u holds columns (units) 32u .. 32u + 31 of the [4H, H] matrix.
         let units = d.unit_panels();
@@ -412,7 +448,7 @@ impl CustomOp3 for FusedLstmOp {
             let da = SharedMut::new(&mut da);
             let dstate = SharedMut::new(&mut dstate);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
-            let (grad, gates, tanh_c, cells) = (&grad, &gates, &tanh_c, &cells);
+            let (gates, tanh_c, cells) = (&gates, &tanh_c, &cells);
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
@@ -493,7 +529,7 @@ impl CustomOp3 for FusedLstmOp {
                     input,
                     &da,
                     dx_rs,
-                    &w,
+                    w,
                     (ww, 1),
                 );
                 let dx = swap_leading(&dx_by_time, t, b, input);
@@ -501,7 +537,6 @@ impl CustomOp3 for FusedLstmOp {
             }
             LayerInput::Ids => {
                 // Column `id` of w gathers every step that read it: a scatter-add of da rows.
-                let ids = x.flatten_all()?.to_vec1::<u32>()?;
                 let mut per_id = vec![0f32; input * four_h];
                 for bi in 0..b {
                     for step in 0..t {

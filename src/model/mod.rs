@@ -6,6 +6,7 @@
 mod attention;
 pub mod checkpoint;
 mod config;
+mod cpu_values;
 mod fused_lstm;
 mod gates;
 pub mod init;

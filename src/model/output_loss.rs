@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::cpu_values::with_values;
 use super::gates::Simd;
 use super::matmul::matmul;
 
@@ -143,32 +144,36 @@ impl CustomOp3 for OutputLossOp {
                 row[target as usize] -= 1.0;
                 row.iter_mut().for_each(|g| *g *= scale);
             });
-        let h_values = h.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let wb_values = wb.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         // dh = dlogits W: W[v, k] = wb[v * width + k].
         let mut dh = vec![0f32; n * hidden];
-        let w_rs = (width, 1);
-        matmul(
-            (n, hidden, vocab),
-            &mut dh,
-            hidden,
-            &dlogits,
-            (vocab, 1),
-            &wb_values,
-            w_rs,
-        );
+        with_values(wb, |wb: &[f32]| {
+            let dl = (vocab, 1);
+            matmul(
+                (n, hidden, vocab),
+                &mut dh,
+                hidden,
+                &dlogits,
+                dl,
+                wb,
+                (width, 1),
+            );
+            Ok(())
+        })?;
         // [dW | db] = dlogits^T [h | 1].
         let mut dwb = vec![0f32; vocab * width];
-        let lhs_rs = (1, vocab);
-        matmul(
-            (vocab, hidden, n),
-            &mut dwb,
-            width,
-            &dlogits,
-            lhs_rs,
-            &h_values,
-            (hidden, 1),
-        );
+        with_values(h, |h: &[f32]| {
+            let dl = (1, vocab);
+            matmul(
+                (vocab, hidden, n),
+                &mut dwb,
+                width,
+                &dlogits,
+                dl,
+                h,
+                (hidden, 1),
+            );
+            Ok(())
+        })?;
         let ones = vec![1f32; n];
         let mut db = vec![0f32; vocab];
         matmul(

@@ -10,8 +10,8 @@
 //!   gate columns on weights packed once ([`super::kernels`]) and one vectorised pass over
 //!   their gates ([`super::gates`]), then one barrier;
 //! - backward: per step, the gate derivatives of a member's units, a barrier, and the product
-//!   `da_t W_hh` for its units; then `dW_ih`, `dW_hh`, the bias and `dx` as single large GEMMs
-//!   over all steps.
+//!   `da_t W_hh` for its units; then `[dW_ih | dW_hh]` (one GEMM over the rows `[x_t | h_{t-1}]`),
+//!   the bias and `dx` as single large GEMMs over all steps.
 //!
 //! Inputs: `x [B, T, In]`; `w [4H, In + H]` = `W_ih | W_hh` (gate order i, f, g, o as
 //! PyTorch); `extra [4H + 2 B H]` = the summed bias, `h_0 [B, H]`, `c_0 [B, H]`. Layer 0 may

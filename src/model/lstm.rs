@@ -3,8 +3,9 @@
 //!
 //! Per layer: `gates = x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`, `i, f, o = sigmoid(.)`,
 //! `g = tanh(.)`, `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`. The input projection of a
-//! whole sequence is one matmul; only `h W_hh^T` runs per step. On the CPU in f32 the recurrence
-//! runs as [`FusedLstmOp`]; elsewhere (and as the test reference) as composed candle ops.
+//! whole sequence is one matmul; only `h W_hh^T` runs per step. On the CPU in f32 each layer runs
+//! as one [`FusedLstmOp`] (the first one on event ids, see [`LstmLayer::forward_ids`]); elsewhere
+//! (and as the test reference) as composed candle ops.
 
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

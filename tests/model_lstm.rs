@@ -494,3 +494,63 @@ fn fused_and_composed_training_give_the_same_loss_curve() {
         assert!((a - b).abs() < 1e-4, "{:?}\n{:?}", curves[0], curves[1]);
     }
 }
+
+#[test]
+fn banded_attention_matches_the_masked_reference_with_every_gradient() {
+    // Window 4 over 13 positions (the band matters) and window 16 over 9 (it does not).
+    for (window, time) in [(4, 13), (16, 9)] {
+        let config = ModelConfig {
+            kind: ModelKind::LstmAttention,
+            embed: 8,
+            hidden: 16,
+            layers: 2,
+            window,
+            heads: 2,
+            dropout: 0.0,
+            ..ModelConfig::default()
+        };
+        let varmap = VarMap::new();
+        let model = MusicModel::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        echoai::model::init::initialize(&varmap, &config, 3).unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("rel_bias") {
+                let t = Tensor::arange(0f32, (2 * window) as f32, &Device::Cpu)
+                    .unwrap()
+                    .reshape((2, window))
+                    .unwrap();
+                var.set(&(t * 0.2).unwrap().sin().unwrap()).unwrap();
+            }
+        }
+        let ids: Vec<u32> = (0..3 * (time + 1)).map(|i| (i * 53 % 390) as u32).collect();
+        let ids = Tensor::from_vec(ids, (3, time + 1), &Device::Cpu).unwrap();
+        let inputs = ids.narrow(1, 0, time).unwrap();
+        let targets = ids.narrow(1, 1, time).unwrap().flatten_all().unwrap();
+        let mut results = Vec::new();
+        for recurrence in [Recurrence::Auto, Recurrence::Composed] {
+            let loss = model
+                .loss_with(&inputs, &targets, None, recurrence)
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let vars = varmap.data().lock().unwrap();
+            let mut names: Vec<&String> = vars.keys().collect();
+            names.sort();
+            let mut tensors = vec![("loss".to_string(), loss.clone())];
+            for name in names {
+                let grad = grads.get(vars[name].as_tensor()).expect("a gradient");
+                tensors.push((name.clone(), grad.clone()));
+            }
+            results.push(tensors);
+        }
+        for ((name, fast), (_, reference)) in results[0].iter().zip(&results[1]) {
+            let err = max_rel_err(fast, reference);
+            assert!(
+                err < 1e-5,
+                "window {window}, {time} positions, {name}: {err}"
+            );
+        }
+    }
+}

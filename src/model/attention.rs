@@ -6,8 +6,10 @@
 //! `y_t = LayerNorm(h_t + W_o context_t)`. Training computes all positions at once with a band
 //! mask; generation keeps the last W keys and values per head.
 
-use candle_core::{D, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
+
+use super::band_attention::BandAttentionOp;
 
 /// Large enough to zero a softmax weight, small enough that `0 * MASKED` stays finite in backward.
 const MASKED: f32 = -1e9;
@@ -107,8 +109,23 @@ impl LocalAttention {
 
     /// `h [B, T, H]` -> `[B, T, H]`, every position at once.
     pub fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        self.forward_with(h, true)
+    }
+
+    /// As [`LocalAttention::forward`]; with `banded` on the CPU in f32 the scores, softmax and
+    /// context run as [`BandAttentionOp`] (only the W keys each position sees), otherwise as
+    /// composed candle ops over a masked `T x T` matrix (the reference).
+    pub fn forward_with(&self, h: &Tensor, banded: bool) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
-        let (q, k, v) = self.split_heads(&self.qkv.forward(h)?)?;
+        let qkv = self.qkv.forward(h)?;
+        if banded && h.device().is_cpu() && h.dtype() == DType::F32 && b * t > 0 {
+            let qkv = qkv.contiguous()?;
+            let keep = qkv.track_op() || self.rel_bias.track_op();
+            let op = BandAttentionOp::new(self.heads, keep);
+            let context = qkv.apply_op2(&self.rel_bias.contiguous()?, op)?;
+            return self.residual(h, &context);
+        }
+        let (q, k, v) = self.split_heads(&qkv)?;
         let scale = 1.0 / (self.head_dim() as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let bias = self.band_bias(t, h.device())?;

@@ -4,6 +4,7 @@
 //! carries a [`State`], so generating N events costs O(N).
 
 mod attention;
+mod band_attention;
 pub mod checkpoint;
 mod config;
 mod cpu_values;
@@ -136,7 +137,7 @@ impl MusicModel {
             dropout_rng,
         )?;
         match &self.attention {
-            Some(attention) => attention.forward(&h),
+            Some(attention) => attention.forward_with(&h, recurrence == Recurrence::Auto),
             None => Ok(h),
         }
     }

@@ -1,0 +1,248 @@
+//! The core of [`super::LocalAttention`] for a whole sequence as one candle custom op (CPU, f32):
+//! scores inside the causal band of width W, softmax, weighted sum of values, with a hand-written
+//! backward pass.
+//!
+//! Why: the composed version builds the full `T x T` score matrix per head and masks it to the
+//! band (at T = 512, W = 64: 8 times the needed work), and every element-wise step of the softmax
+//! over those `B x heads x T x T` values is a separate pass with its own allocation, forward and
+//! backward: measured, it was two thirds of an `lstm-attention` training step. Here each
+//! position scores only its W keys, and the probabilities (`B x heads x T x W`) are kept for the
+//! backward pass.
+//!
+//! Inputs: `qkv [B, T, 3H]` (q, k, v, each `heads x d`, as `LocalAttention` splits them) and
+//! `rel_bias [heads, W]` (the bias for a key `back` positions behind). Output: the context
+//! `[B, T, H]`, heads side by side.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use super::cpu_values::with_values;
+
+pub struct BandAttentionOp {
+    heads: usize,
+    keep_for_backward: bool,
+    /// Softmax probabilities `[B, heads, T, W]`, indexed by how far back the key is.
+    probabilities: Mutex<Option<Vec<f32>>>,
+}
+
+impl BandAttentionOp {
+    pub fn new(heads: usize, keep_for_backward: bool) -> Self {
+        BandAttentionOp {
+            heads,
+            keep_for_backward,
+            probabilities: Mutex::new(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    hidden: usize,
+    heads: usize,
+    d: usize,
+    window: usize,
+}
+
+impl Dims {
+    fn of(qkv: &Shape, bias: &Shape, heads: usize) -> Result<Dims> {
+        let (b, t, three_h) = qkv.dims3()?;
+        let (bias_heads, window) = bias.dims2()?;
+        let hidden = three_h / 3;
+        if heads == 0 || bias_heads != heads || three_h != 3 * hidden || hidden % heads != 0 {
+            bail!("band attention: shapes {qkv:?} {bias:?} do not fit {heads} heads")
+        }
+        Ok(Dims {
+            b,
+            t,
+            hidden,
+            heads,
+            d: hidden / heads,
+            window,
+        })
+    }
+
+    /// Keys position `t` sees: `back` = 0 ..= this - 1.
+    fn reach(&self, t: usize) -> usize {
+        self.window.min(t + 1)
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight running sums: one would not vectorise (float addition does not reassociate).
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("band attention: poisoned lock".into())
+}
+
+impl CustomOp2 for BandAttentionOp {
+    fn name(&self) -> &'static str {
+        "band-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1.shape(), l2.shape(), self.heads)?;
+        let Dims {
+            b,
+            t,
+            hidden,
+            heads,
+            d,
+            window,
+        } = dm;
+        let (CpuStorage::F32(qkv), CpuStorage::F32(bias)) = (s1, s2) else {
+            bail!("band attention: needs f32 inputs")
+        };
+        let (Some((q0, q1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("band attention: inputs must be contiguous")
+        };
+        let (qkv, bias) = (&qkv[q0..q1], &bias[b0..b1]);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut context = vec![0f32; b * t * hidden];
+        let mut probs = vec![0f32; b * heads * t * window];
+        context
+            .par_chunks_mut(t * hidden)
+            .zip(probs.par_chunks_mut(heads * t * window))
+            .enumerate()
+            .for_each(|(bi, (context, probs))| {
+                let row = |pos: usize| &qkv[(bi * t + pos) * 3 * hidden..][..3 * hidden];
+                for head in 0..heads {
+                    let at = head * d;
+                    for pos in 0..t {
+                        let q = &row(pos)[at..at + d];
+                        let p = &mut probs[(head * t + pos) * window..][..window];
+                        let reach = dm.reach(pos);
+                        for back in 0..reach {
+                            let k = &row(pos - back)[hidden + at..hidden + at + d];
+                            p[back] = dot(q, k) * scale + bias[head * window + back];
+                        }
+                        let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for v in &mut p[..reach] {
+                            *v = (*v - max).exp();
+                            sum += *v;
+                        }
+                        let out = &mut context[pos * hidden + at..pos * hidden + at + d];
+                        for (back, weight) in p[..reach].iter_mut().enumerate() {
+                            *weight /= sum;
+                            let v = &row(pos - back)[2 * hidden + at..2 * hidden + at + d];
+                            axpy(*weight, v, out);
+                        }
+                    }
+                }
+            });
+        if self.keep_for_backward {
+            *self.probabilities.lock().map_err(|_| poisoned())? = Some(probs);
+        }
+        Ok((CpuStorage::F32(context), Shape::from((b, t, hidden))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        rel_bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some(probs) = self.probabilities.lock().map_err(|_| poisoned())?.take() else {
+            bail!("band attention: backward without a training forward (or run twice)")
+        };
+        let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;
+        let Dims {
+            b,
+            t,
+            hidden,
+            heads,
+            d,
+            window,
+        } = dm;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut dqkv = vec![0f32; b * t * 3 * hidden];
+        let dbias = with_values(qkv, |qkv: &[f32]| {
+            with_values(grad_res, |grad: &[f32]| {
+                Ok(dqkv
+                    .par_chunks_mut(t * 3 * hidden)
+                    .enumerate()
+                    .map(|(bi, dqkv)| {
+                        let row = |pos: usize| &qkv[(bi * t + pos) * 3 * hidden..][..3 * hidden];
+                        let mut dbias = vec![0f32; heads * window];
+                        let mut dscore = vec![0f32; window];
+                        for head in 0..heads {
+                            let at = head * d;
+                            for pos in 0..t {
+                                let g = &grad[(bi * t + pos) * hidden + at..][..d];
+                                let p =
+                                    &probs[((bi * heads + head) * t + pos) * window..][..window];
+                                let reach = dm.reach(pos);
+                                // dp = g . v_s; dv_s += p g; dscore = p (dp - sum p dp).
+                                let mut weighted = 0.0;
+                                for back in 0..reach {
+                                    let s = pos - back;
+                                    let dp = dot(g, &row(s)[2 * hidden + at..][..d]);
+                                    dscore[back] = dp;
+                                    weighted += p[back] * dp;
+                                    let dv = &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d];
+                                    axpy(p[back], g, dv);
+                                }
+                                let q = &row(pos)[at..at + d];
+                                for back in 0..reach {
+                                    let s = pos - back;
+                                    let ds = p[back] * (dscore[back] - weighted);
+                                    dbias[head * window + back] += ds;
+                                    let k = &row(s)[hidden + at..hidden + at + d];
+                                    let dq = &mut dqkv[pos * 3 * hidden + at..][..d];
+                                    axpy(ds * scale, k, dq);
+                                    let dk = &mut dqkv[s * 3 * hidden + hidden + at..][..d];
+                                    axpy(ds * scale, q, dk);
+                                }
+                            }
+                        }
+                        dbias
+                    })
+                    .reduce(
+                        || vec![0f32; heads * window],
+                        |mut a, b| {
+                            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                            a
+                        },
+                    ))
+            })
+        })?;
+        let device = qkv.device();
+        Ok((
+            Some(Tensor::from_vec(dqkv, (b, t, 3 * hidden), device)?),
+            Some(Tensor::from_vec(dbias, (heads, window), device)?),
+        ))
+    }
+}

@@ -299,6 +299,17 @@ fn fused_gradients_match_finite_differences() {
     }
 }
 
+/// Sets every attention `rel_bias` entry to `value(flat index)`.
+fn set_relative_bias(varmap: &VarMap, value: impl Fn(usize) -> f32) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.ends_with("rel_bias") {
+            let values: Vec<f32> = (0..var.elem_count()).map(&value).collect();
+            let t = Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+}
+
 #[test]
 fn step_by_step_equals_whole_sequence_for_both_models() {
     // Hidden 20: 4H = 80 columns, so the stepper's last weight panel is ragged.
@@ -324,15 +335,7 @@ fn step_by_step_equals_whole_sequence_for_both_models() {
         )
         .unwrap();
         // Non-zero attention bias, so the relative positions matter.
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name.ends_with("rel_bias") {
-                let t = Tensor::arange(0f32, 8.0, &Device::Cpu)
-                    .unwrap()
-                    .reshape((2, 4))
-                    .unwrap();
-                var.set(&(t * 0.3).unwrap()).unwrap();
-            }
-        }
+        set_relative_bias(&varmap, |i| i as f32 * 0.3);
         let ids: Vec<u32> = (0..2 * 11).map(|i| (i * 37 % 390) as u32).collect();
         let ids = Tensor::from_vec(ids, (2, 11), &Device::Cpu).unwrap();
         let whole = model.forward(&ids, None).unwrap();
@@ -516,15 +519,7 @@ fn banded_attention_matches_the_masked_reference_with_every_gradient() {
         )
         .unwrap();
         echoai::model::init::initialize(&varmap, &config, 3).unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name.ends_with("rel_bias") {
-                let t = Tensor::arange(0f32, (2 * window) as f32, &Device::Cpu)
-                    .unwrap()
-                    .reshape((2, window))
-                    .unwrap();
-                var.set(&(t * 0.2).unwrap().sin().unwrap()).unwrap();
-            }
-        }
+        set_relative_bias(&varmap, |i| (i as f32 * 0.2).sin());
         let ids: Vec<u32> = (0..3 * (time + 1)).map(|i| (i * 53 % 390) as u32).collect();
         let ids = Tensor::from_vec(ids, (3, time + 1), &Device::Cpu).unwrap();
         let inputs = ids.narrow(1, 0, time).unwrap();

@@ -18,7 +18,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::with_values;
+use super::cpu_values::{poisoned, storage_values, with_values};
+use super::kernels::{axpy, dot};
 
 pub struct BandAttentionOp {
     heads: usize,
@@ -71,34 +72,6 @@ impl Dims {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight running sums: one would not vectorise (float addition does not reassociate).
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += alpha * x;
-    }
-}
-
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("band attention: poisoned lock".into())
-}
-
 impl CustomOp2 for BandAttentionOp {
     fn name(&self) -> &'static str {
         "band-attention"
@@ -120,14 +93,8 @@ impl CustomOp2 for BandAttentionOp {
             d,
             window,
         } = dm;
-        let (CpuStorage::F32(qkv), CpuStorage::F32(bias)) = (s1, s2) else {
-            bail!("band attention: needs f32 inputs")
-        };
-        let (Some((q0, q1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            bail!("band attention: inputs must be contiguous")
-        };
-        let (qkv, bias) = (&qkv[q0..q1], &bias[b0..b1]);
+        let qkv = storage_values::<f32>(s1, l1, "band attention: qkv")?;
+        let bias = storage_values::<f32>(s2, l2, "band attention: bias")?;
         let scale = 1.0 / (d as f32).sqrt();
         let mut context = vec![0f32; b * t * hidden];
         let mut probs = vec![0f32; b * heads * t * window];
@@ -163,7 +130,10 @@ impl CustomOp2 for BandAttentionOp {
                 }
             });
         if self.keep_for_backward {
-            *self.probabilities.lock().map_err(|_| poisoned())? = Some(probs);
+            *self
+                .probabilities
+                .lock()
+                .map_err(|_| poisoned("band attention"))? = Some(probs);
         }
         Ok((CpuStorage::F32(context), Shape::from((b, t, hidden))))
     }
@@ -175,7 +145,12 @@ impl CustomOp2 for BandAttentionOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let Some(probs) = self.probabilities.lock().map_err(|_| poisoned())?.take() else {
+        let Some(probs) = self
+            .probabilities
+            .lock()
+            .map_err(|_| poisoned("band attention"))?
+            .take()
+        else {
             bail!("band attention: backward without a training forward (or run twice)")
         };
         let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;

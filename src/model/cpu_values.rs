@@ -1,7 +1,28 @@
 //! Borrowing a CPU tensor's values without copying them out (the backward passes of the
-//! hand-written ops read tens of megabytes of activations and weights per training step).
+//! hand-written ops read tens of megabytes of activations and weights per training step), and the
+//! other small pieces every hand-written op needs.
 
-use candle_core::{Result, Storage, Tensor, WithDType, bail};
+use candle_core::{CpuStorage, Error, Layout, Result, Storage, Tensor, WithDType, bail};
+
+/// An op's input storage as a typed slice in row-major order; `what` names it in errors.
+pub fn storage_values<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{what} must be contiguous")
+    };
+    let values = storage
+        .as_slice::<T>()
+        .map_err(|_| Error::Msg(format!("{what} must be {:?}", T::DTYPE)))?;
+    Ok(&values[start..end])
+}
+
+/// The error for a lock poisoned by a panic elsewhere.
+pub fn poisoned(op: &str) -> Error {
+    Error::Msg(format!("{op}: poisoned lock"))
+}
 
 /// Runs `f` on the tensor's values in row-major order: borrowed when the tensor is a contiguous
 /// CPU tensor of type `T`, else from a contiguous copy.

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::with_values;
+use super::cpu_values::{poisoned, storage_values, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
@@ -154,26 +154,6 @@ impl Share {
     }
 }
 
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    let CpuStorage::U32(v) = s else {
-        bail!("fused LSTM: ids must be u32")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("fused LSTM: ids must be contiguous")
-    };
-    Ok(&v[start..end])
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("fused LSTM: {what} must be f32")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("fused LSTM: {what} must be contiguous")
-    };
-    Ok(&v[start..end])
-}
-
 /// `[A, B, C]` row-major to `[B, A, C]`.
 fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0f32; a * b * c];
@@ -185,10 +165,6 @@ fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
             }
         });
     out
-}
-
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("fused LSTM: poisoned lock".into())
 }
 
 impl CustomOp3 for FusedLstmOp {
@@ -207,8 +183,8 @@ impl CustomOp3 for FusedLstmOp {
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
         let Dims { b, t, input, h, .. } = d;
-        let w = f32_slice(s2, l2, "w")?;
-        let extra = f32_slice(s3, l3, "extra")?;
+        let w = storage_values::<f32>(s2, l2, "fused LSTM: w")?;
+        let extra = storage_values::<f32>(s3, l3, "fused LSTM: extra")?;
         let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
         let bias = &extra[..four_h];
 
@@ -217,7 +193,7 @@ impl CustomOp3 for FusedLstmOp {
         let mut dense_x: &[f32] = &[];
         match self.input_kind {
             LayerInput::Dense => {
-                dense_x = f32_slice(s1, l1, "x")?;
+                dense_x = storage_values::<f32>(s1, l1, "fused LSTM: x")?;
                 let x_rs = (input, 1);
                 matmul(
                     (b * t, four_h, input),
@@ -230,7 +206,7 @@ impl CustomOp3 for FusedLstmOp {
                 );
             }
             LayerInput::Ids => {
-                let ids = u32_slice(s1, l1)?;
+                let ids = storage_values::<u32>(s1, l1, "fused LSTM: ids")?;
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= input) {
                     bail!("fused LSTM: id {bad} is outside the vocabulary of {input}")
                 }
@@ -377,7 +353,7 @@ impl CustomOp3 for FusedLstmOp {
                 }
             });
         if keep {
-            *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
+            *self.saved.lock().map_err(|_| poisoned("fused LSTM"))? = Some(Saved {
                 gates,
                 tanh_c,
                 cells,
@@ -395,7 +371,11 @@ impl CustomOp3 for FusedLstmOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().map_err(|_| poisoned())?.take();
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| poisoned("fused LSTM"))?
+            .take();
         let Some(saved) = saved else {
             bail!("fused LSTM: backward without a training forward (or run twice)")
         };

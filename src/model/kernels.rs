@@ -88,6 +88,42 @@ impl PanelsBf16 {
     }
 }
 
+/// A dot product in eight running sums (one sum would not vectorise: float addition does not
+/// reassociate).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for (lane, (x, y)) in lanes.iter_mut().zip(x.iter().zip(y)) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `y += alpha x`.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+/// The bounds every panel product's unchecked accesses rely on (rows > 0).
+fn check_bounds(a: usize, lda: usize, rows: usize, panel: usize, k: usize, c: usize, ldc: usize) {
+    assert!(a >= (rows - 1) * lda + k, "panel product: lhs too short");
+    assert!(panel >= k * PANEL, "panel product: panel too short");
+    assert!(
+        c >= (rows - 1) * ldc + PANEL,
+        "panel product: output too short"
+    );
+}
+
 /// Which implementation multiplies by a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -141,17 +177,9 @@ impl Kernel {
         if rows == 0 {
             return;
         }
-        assert!(
-            a.len() >= (rows - 1) * lda + k,
-            "panel product: lhs too short"
-        );
-        assert!(panel.len() >= k * PANEL, "panel product: panel too short");
-        assert!(
-            c.len() >= (rows - 1) * ldc + PANEL,
-            "panel product: output too short"
-        );
+        check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
         let (a, p, c) = (a.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
-        // SAFETY: the assertions above bound every access the tiles make (rows < `rows`,
+        // SAFETY: `check_bounds` bounds every access the tiles make (rows < `rows`,
         // kk < `k`, columns < 32); `detect`/`available` only name kernels this CPU supports.
         unsafe {
             match self {
@@ -181,18 +209,10 @@ impl Kernel {
         if rows == 0 {
             return;
         }
-        assert!(
-            a.len() >= (rows - 1) * lda + k,
-            "panel product: lhs too short"
-        );
-        assert!(panel.len() >= k * PANEL, "panel product: panel too short");
-        assert!(
-            c.len() >= (rows - 1) * ldc + PANEL,
-            "panel product: output too short"
-        );
+        check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
         #[cfg(target_arch = "x86_64")]
         if self == Kernel::Avx512 {
-            // SAFETY: bounds asserted above; AVX-512 chosen only where present.
+            // SAFETY: bounds checked above; AVX-512 chosen only where present.
             unsafe {
                 for r in 0..rows {
                     x86::row_bf16_avx512(
@@ -295,26 +315,8 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn row512(a: *const f32, p: *const f32, k: usize, c: *mut f32) {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut kk = 0;
-        // SAFETY: kk + 1 < k inside the loop, kk < k after it; the panel holds k x 32 floats.
-        unsafe {
-            while kk + 1 < k {
-                let (a0, a1) = (_mm512_set1_ps(*a.add(kk)), _mm512_set1_ps(*a.add(kk + 1)));
-                acc[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL)), acc[0]);
-                acc[1] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL + 16)), acc[1]);
-                acc[2] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p.add(kk * PANEL + 32)), acc[2]);
-                acc[3] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p.add(kk * PANEL + 48)), acc[3]);
-                kk += 2;
-            }
-            if kk < k {
-                let a0 = _mm512_set1_ps(*a.add(kk));
-                acc[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL)), acc[0]);
-                acc[1] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(p.add(kk * PANEL + 16)), acc[1]);
-            }
-            _mm512_storeu_ps(c, _mm512_add_ps(acc[0], acc[2]));
-            _mm512_storeu_ps(c.add(16), _mm512_add_ps(acc[1], acc[3]));
-        }
+        // SAFETY: `row_with` asks only for the 16 values at offsets below k x 32.
+        unsafe { row_with(a, k, c, |at| _mm512_loadu_ps(p.add(at))) }
     }
 
     /// bfloat16 weights widened to f32 by a 16-bit shift (exact), otherwise as [`row512`].
@@ -323,30 +325,39 @@ mod x86 {
     /// AVX-512F present; `a` holds `k` floats, `p` `k x 32` bf16 values, `c` 32 floats.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn row_bf16_avx512(a: *const f32, p: *const u16, k: usize, c: *mut f32) {
-        #[inline(always)]
-        unsafe fn widen(p: *const u16) -> __m512 {
-            // SAFETY: the caller passes 16 readable u16 values.
-            unsafe {
-                let raw = _mm256_loadu_si256(p as *const __m256i);
+        // SAFETY: `row_with` asks only for the 16 values at offsets below k x 32.
+        unsafe {
+            row_with(a, k, c, |at| {
+                let raw = _mm256_loadu_si256(p.add(at) as *const __m256i);
                 _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
-            }
+            })
         }
+    }
+
+    /// `c[0..32] = sum_kk a[kk] * panel[kk, 0..32]`, where `load(i)` gives the 16 panel values
+    /// starting at flat offset `i` as f32.
+    ///
+    /// # Safety
+    /// `a` holds `k` floats, `c` 32; `load` is valid for every offset `kk * 32 + {0, 16}`, kk < k.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_with(a: *const f32, k: usize, c: *mut f32, load: impl Fn(usize) -> __m512) {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut kk = 0;
-        // SAFETY: kk + 1 < k inside the loop, kk < k after it; the panel holds k x 32 values.
+        // SAFETY: kk + 1 < k inside the loop, kk < k after it.
         unsafe {
             while kk + 1 < k {
                 let (a0, a1) = (_mm512_set1_ps(*a.add(kk)), _mm512_set1_ps(*a.add(kk + 1)));
-                acc[0] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL)), acc[0]);
-                acc[1] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL + 16)), acc[1]);
-                acc[2] = _mm512_fmadd_ps(a1, widen(p.add(kk * PANEL + 32)), acc[2]);
-                acc[3] = _mm512_fmadd_ps(a1, widen(p.add(kk * PANEL + 48)), acc[3]);
+                acc[0] = _mm512_fmadd_ps(a0, load(kk * PANEL), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, load(kk * PANEL + 16), acc[1]);
+                acc[2] = _mm512_fmadd_ps(a1, load(kk * PANEL + 32), acc[2]);
+                acc[3] = _mm512_fmadd_ps(a1, load(kk * PANEL + 48), acc[3]);
                 kk += 2;
             }
             if kk < k {
                 let a0 = _mm512_set1_ps(*a.add(kk));
-                acc[0] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL)), acc[0]);
-                acc[1] = _mm512_fmadd_ps(a0, widen(p.add(kk * PANEL + 16)), acc[1]);
+                acc[0] = _mm512_fmadd_ps(a0, load(kk * PANEL), acc[0]);
+                acc[1] = _mm512_fmadd_ps(a0, load(kk * PANEL + 16), acc[1]);
             }
             _mm512_storeu_ps(c, _mm512_add_ps(acc[0], acc[2]));
             _mm512_storeu_ps(c.add(16), _mm512_add_ps(acc[1], acc[3]));

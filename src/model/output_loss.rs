@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::with_values;
+use super::cpu_values::{poisoned, storage_values, with_values};
 use super::gates::Simd;
 use super::matmul::matmul;
 
@@ -34,17 +34,6 @@ impl OutputLossOp {
             probabilities: Mutex::new(None),
         }
     }
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("output loss: {what} must be contiguous")
-    };
-    Ok(&v[start..end])
-}
-
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("output loss: poisoned lock".into())
 }
 
 /// `(N, H, V)` after checking the shapes fit.
@@ -72,12 +61,9 @@ impl CustomOp3 for OutputLossOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, hidden, vocab) = dims(l1.shape(), l2.shape(), l3.shape())?;
-        let (CpuStorage::F32(h), CpuStorage::F32(wb), CpuStorage::U32(targets)) = (s1, s2, s3)
-        else {
-            bail!("output loss: needs f32 h and weights, u32 targets")
-        };
-        let (h, wb) = (contiguous(h, l1, "h")?, contiguous(wb, l2, "weights")?);
-        let targets = contiguous(targets, l3, "targets")?;
+        let h = storage_values::<f32>(s1, l1, "output loss: h")?;
+        let wb = storage_values::<f32>(s2, l2, "output loss: weights")?;
+        let targets = storage_values::<u32>(s3, l3, "output loss: targets")?;
         if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
             bail!("output loss: target {bad} is outside the vocabulary of {vocab}")
         }
@@ -111,7 +97,10 @@ impl CustomOp3 for OutputLossOp {
             })
             .sum();
         if self.keep_for_backward {
-            *self.probabilities.lock().map_err(|_| poisoned())? = Some(probs);
+            *self
+                .probabilities
+                .lock()
+                .map_err(|_| poisoned("output loss"))? = Some(probs);
         }
         Ok((
             CpuStorage::F32(vec![(total / n as f64) as f32]),
@@ -127,7 +116,12 @@ impl CustomOp3 for OutputLossOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(mut dlogits) = self.probabilities.lock().map_err(|_| poisoned())?.take() else {
+        let Some(mut dlogits) = self
+            .probabilities
+            .lock()
+            .map_err(|_| poisoned("output loss"))?
+            .take()
+        else {
             bail!("output loss: backward without a training forward (or run twice)")
         };
         let (n, hidden, vocab) = dims(h.shape(), wb.shape(), targets.shape())?;

@@ -13,7 +13,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::gates::{ForwardRow, Simd};
-use super::kernels::{Kernel, PANEL, Panels, PanelsBf16};
+use super::kernels::{Kernel, PANEL, Panels, PanelsBf16, dot};
 use super::{MusicModel, State};
 
 /// How the stepper holds its weight matrices.
@@ -104,25 +104,6 @@ struct AttentionCache {
     context: Vec<f32>,
     out: Vec<f32>,
     scores: Vec<f32>,
-}
-
-/// A dot product in eight running sums (one sum would not vectorise: float addition does not
-/// reassociate).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 fn bias_of(linear: &candle_nn::Linear, n: usize) -> Result<Vec<f32>> {

@@ -7,7 +7,7 @@
 //! the whole sequence. Scoped OS threads (not the rayon pool) also mean two teams started by
 //! concurrent callers can never wait on each other.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A reusable barrier that spins briefly, then yields (teams are as large as the machine, so a
 /// waiting thread almost always has its partner running on another core).
@@ -15,6 +15,8 @@ pub struct SpinBarrier {
     threads: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Set when a member panicked: the others would otherwise wait for it forever.
+    broken: AtomicBool,
 }
 
 impl SpinBarrier {
@@ -23,6 +25,7 @@ impl SpinBarrier {
             threads,
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -38,6 +41,9 @@ impl SpinBarrier {
         }
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
+            if self.broken.load(Ordering::Relaxed) {
+                panic!("a member of the team panicked");
+            }
             if spins < 20_000 {
                 std::hint::spin_loop();
                 spins += 1;
@@ -64,12 +70,25 @@ where
     F: Fn(usize, &SpinBarrier) + Sync,
 {
     let barrier = SpinBarrier::new(threads);
+    let member = |index: usize| {
+        // Breaks the barrier if `body` unwinds, so the others panic too instead of spinning.
+        struct Guard<'a>(&'a SpinBarrier);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.broken.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let _guard = Guard(&barrier);
+        body(index, &barrier);
+    };
     std::thread::scope(|scope| {
         for index in 1..threads {
-            let (body, barrier) = (&body, &barrier);
-            scope.spawn(move || body(index, barrier));
+            let member = &member;
+            scope.spawn(move || member(index));
         }
-        body(0, &barrier);
+        member(0);
     });
 }
 
@@ -138,6 +157,19 @@ mod tests {
                 barrier.wait();
             }
         });
+    }
+
+    #[test]
+    fn a_panicking_member_does_not_leave_the_others_waiting() {
+        let outcome = std::panic::catch_unwind(|| {
+            run_team(2, |member, barrier| {
+                if member == 1 {
+                    panic!("member 1 fails");
+                }
+                barrier.wait();
+            })
+        });
+        assert!(outcome.is_err());
     }
 
     #[test]

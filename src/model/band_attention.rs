@@ -19,10 +19,12 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, with_values};
+use super::gates::Simd;
 use super::kernels::{axpy, dot};
 
 pub struct BandAttentionOp {
     heads: usize,
+    simd: Simd,
     keep_for_backward: bool,
     /// Softmax probabilities `[B, heads, T, W]`, indexed by how far back the key is.
     probabilities: Mutex<Option<Vec<f32>>>,
@@ -32,6 +34,7 @@ impl BandAttentionOp {
     pub fn new(heads: usize, keep_for_backward: bool) -> Self {
         BandAttentionOp {
             heads,
+            simd: Simd::detect(),
             keep_for_backward,
             probabilities: Mutex::new(None),
         }
@@ -72,6 +75,169 @@ impl Dims {
     }
 }
 
+/// The rows `[q | k | v]` of one sequence of `qkv [B, T, 3H]`.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    qkv: &'a [f32],
+    bi: usize,
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn at(&self, dm: &Dims, pos: usize) -> &[f32] {
+        let width = 3 * dm.hidden;
+        &self.qkv[(self.bi * dm.t + pos) * width..][..width]
+    }
+}
+
+/// One sequence: context `[T, H]` and probabilities `[heads, T, W]`.
+#[inline(always)]
+fn forward_sequence(dm: &Dims, rows: Rows, bias: &[f32], context: &mut [f32], probs: &mut [f32]) {
+    let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
+    let scale = 1.0 / (d as f32).sqrt();
+    for head in 0..dm.heads {
+        let at = head * d;
+        for pos in 0..dm.t {
+            let q = &rows.at(dm, pos)[at..at + d];
+            let p = &mut probs[(head * dm.t + pos) * window..][..window];
+            let reach = dm.reach(pos);
+            for (back, score) in p[..reach].iter_mut().enumerate() {
+                let k = &rows.at(dm, pos - back)[hidden + at..hidden + at + d];
+                *score = dot(q, k) * scale + bias[head * window + back];
+            }
+            let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for v in &mut p[..reach] {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            let out = &mut context[pos * hidden + at..pos * hidden + at + d];
+            for (back, weight) in p[..reach].iter_mut().enumerate() {
+                *weight /= sum;
+                let v = &rows.at(dm, pos - back)[2 * hidden + at..2 * hidden + at + d];
+                axpy(*weight, v, out);
+            }
+        }
+    }
+}
+
+/// One sequence's gradients: into `dqkv [T, 3H]`; returns this sequence's `d rel_bias`.
+#[inline(always)]
+fn backward_sequence(
+    dm: &Dims,
+    rows: Rows,
+    grad: &[f32],
+    probs: &[f32],
+    dqkv: &mut [f32],
+) -> Vec<f32> {
+    let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut dbias = vec![0f32; dm.heads * window];
+    let mut dscore = vec![0f32; window];
+    for head in 0..dm.heads {
+        let at = head * d;
+        for pos in 0..dm.t {
+            let g = &grad[pos * hidden + at..][..d];
+            let p = &probs[(head * dm.t + pos) * window..][..window];
+            let reach = dm.reach(pos);
+            // dp = g . v_s; dv_s += p g; dscore = p (dp - sum p dp).
+            let mut weighted = 0.0;
+            for back in 0..reach {
+                let s = pos - back;
+                let dp = dot(g, &rows.at(dm, s)[2 * hidden + at..][..d]);
+                dscore[back] = dp;
+                weighted += p[back] * dp;
+                axpy(
+                    p[back],
+                    g,
+                    &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d],
+                );
+            }
+            let q = &rows.at(dm, pos)[at..at + d];
+            for back in 0..reach {
+                let s = pos - back;
+                let ds = p[back] * (dscore[back] - weighted);
+                dbias[head * window + back] += ds;
+                let k = &rows.at(dm, s)[hidden + at..hidden + at + d];
+                axpy(ds * scale, k, &mut dqkv[pos * 3 * hidden + at..][..d]);
+                axpy(
+                    ds * scale,
+                    q,
+                    &mut dqkv[s * 3 * hidden + hidden + at..][..d],
+                );
+            }
+        }
+    }
+    dbias
+}
+
+/// [`forward_sequence`] built for the instruction set `simd` names (vectorised dots and sums).
+fn simd_forward(simd: Simd, dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32], p: &mut [f32]) {
+    match simd {
+        // SAFETY: `Simd::detect` names an instruction set only where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { forward_avx512(dm, rows, bias, ctx, p) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { forward_avx2(dm, rows, bias, ctx, p) },
+        _ => forward_sequence(dm, rows, bias, ctx, p),
+    }
+}
+
+/// [`backward_sequence`] built for the instruction set `simd` names.
+fn simd_backward(
+    simd: Simd,
+    dm: &Dims,
+    rows: Rows,
+    grad: &[f32],
+    probs: &[f32],
+    dqkv: &mut [f32],
+) -> Vec<f32> {
+    match simd {
+        // SAFETY: `Simd::detect` names an instruction set only where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { backward_avx512(dm, rows, grad, probs, dqkv) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { backward_avx2(dm, rows, grad, probs, dqkv) },
+        _ => backward_sequence(dm, rows, grad, probs, dqkv),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn forward_avx512(dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32], p: &mut [f32]) {
+    forward_sequence(dm, rows, bias, ctx, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_avx2(dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32], p: &mut [f32]) {
+    forward_sequence(dm, rows, bias, ctx, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn backward_avx512(
+    dm: &Dims,
+    rows: Rows,
+    grad: &[f32],
+    probs: &[f32],
+    dqkv: &mut [f32],
+) -> Vec<f32> {
+    backward_sequence(dm, rows, grad, probs, dqkv)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_avx2(
+    dm: &Dims,
+    rows: Rows,
+    grad: &[f32],
+    probs: &[f32],
+    dqkv: &mut [f32],
+) -> Vec<f32> {
+    backward_sequence(dm, rows, grad, probs, dqkv)
+}
+
 impl CustomOp2 for BandAttentionOp {
     fn name(&self) -> &'static str {
         "band-attention"
@@ -90,12 +256,11 @@ impl CustomOp2 for BandAttentionOp {
             t,
             hidden,
             heads,
-            d,
             window,
+            ..
         } = dm;
         let qkv = storage_values::<f32>(s1, l1, "band attention: qkv")?;
         let bias = storage_values::<f32>(s2, l2, "band attention: bias")?;
-        let scale = 1.0 / (d as f32).sqrt();
         let mut context = vec![0f32; b * t * hidden];
         let mut probs = vec![0f32; b * heads * t * window];
         context
@@ -103,31 +268,8 @@ impl CustomOp2 for BandAttentionOp {
             .zip(probs.par_chunks_mut(heads * t * window))
             .enumerate()
             .for_each(|(bi, (context, probs))| {
-                let row = |pos: usize| &qkv[(bi * t + pos) * 3 * hidden..][..3 * hidden];
-                for head in 0..heads {
-                    let at = head * d;
-                    for pos in 0..t {
-                        let q = &row(pos)[at..at + d];
-                        let p = &mut probs[(head * t + pos) * window..][..window];
-                        let reach = dm.reach(pos);
-                        for back in 0..reach {
-                            let k = &row(pos - back)[hidden + at..hidden + at + d];
-                            p[back] = dot(q, k) * scale + bias[head * window + back];
-                        }
-                        let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0;
-                        for v in &mut p[..reach] {
-                            *v = (*v - max).exp();
-                            sum += *v;
-                        }
-                        let out = &mut context[pos * hidden + at..pos * hidden + at + d];
-                        for (back, weight) in p[..reach].iter_mut().enumerate() {
-                            *weight /= sum;
-                            let v = &row(pos - back)[2 * hidden + at..2 * hidden + at + d];
-                            axpy(*weight, v, out);
-                        }
-                    }
-                }
+                let rows = Rows { qkv, bi };
+                simd_forward(self.simd, &dm, rows, bias, context, probs);
             });
         if self.keep_for_backward {
             *self
@@ -159,10 +301,9 @@ impl CustomOp2 for BandAttentionOp {
             t,
             hidden,
             heads,
-            d,
             window,
+            ..
         } = dm;
-        let scale = 1.0 / (d as f32).sqrt();
         let mut dqkv = vec![0f32; b * t * 3 * hidden];
         let dbias = with_values(qkv, |qkv: &[f32]| {
             with_values(grad_res, |grad: &[f32]| {
@@ -170,40 +311,10 @@ impl CustomOp2 for BandAttentionOp {
                     .par_chunks_mut(t * 3 * hidden)
                     .enumerate()
                     .map(|(bi, dqkv)| {
-                        let row = |pos: usize| &qkv[(bi * t + pos) * 3 * hidden..][..3 * hidden];
-                        let mut dbias = vec![0f32; heads * window];
-                        let mut dscore = vec![0f32; window];
-                        for head in 0..heads {
-                            let at = head * d;
-                            for pos in 0..t {
-                                let g = &grad[(bi * t + pos) * hidden + at..][..d];
-                                let p =
-                                    &probs[((bi * heads + head) * t + pos) * window..][..window];
-                                let reach = dm.reach(pos);
-                                // dp = g . v_s; dv_s += p g; dscore = p (dp - sum p dp).
-                                let mut weighted = 0.0;
-                                for back in 0..reach {
-                                    let s = pos - back;
-                                    let dp = dot(g, &row(s)[2 * hidden + at..][..d]);
-                                    dscore[back] = dp;
-                                    weighted += p[back] * dp;
-                                    let dv = &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d];
-                                    axpy(p[back], g, dv);
-                                }
-                                let q = &row(pos)[at..at + d];
-                                for back in 0..reach {
-                                    let s = pos - back;
-                                    let ds = p[back] * (dscore[back] - weighted);
-                                    dbias[head * window + back] += ds;
-                                    let k = &row(s)[hidden + at..hidden + at + d];
-                                    let dq = &mut dqkv[pos * 3 * hidden + at..][..d];
-                                    axpy(ds * scale, k, dq);
-                                    let dk = &mut dqkv[s * 3 * hidden + hidden + at..][..d];
-                                    axpy(ds * scale, q, dk);
-                                }
-                            }
-                        }
-                        dbias
+                        let rows = Rows { qkv, bi };
+                        let probs = &probs[bi * heads * t * window..][..heads * t * window];
+                        let grad = &grad[bi * t * hidden..][..t * hidden];
+                        simd_backward(self.simd, &dm, rows, grad, probs, dqkv)
                     })
                     .reduce(
                         || vec![0f32; heads * window],

@@ -16,6 +16,15 @@ pub struct Note {
 }
 
 impl Note {
+    pub fn new(pitch: u8, velocity: u8, start: f64, end: f64) -> Self {
+        Note {
+            pitch,
+            velocity,
+            start,
+            end,
+        }
+    }
+
     pub fn duration(&self) -> f64 {
         self.end - self.start
     }

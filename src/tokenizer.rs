@@ -303,21 +303,12 @@ pub fn time_stretch(ids: &[u16], factor: f64) -> Vec<u16> {
 mod tests {
     use super::*;
 
-    fn note(pitch: u8, velocity: u8, start: f64, end: f64) -> Note {
-        Note {
-            pitch,
-            velocity,
-            start,
-            end,
-        }
-    }
-
     #[test]
     fn encodes_the_documented_order() {
         let perf = Performance::from_notes(vec![
-            note(64, 80, 0.0, 0.5),
-            note(60, 80, 0.0, 1.5),
-            note(67, 20, 0.5, 1.5),
+            Note::new(64, 80, 0.0, 0.5),
+            Note::new(60, 80, 0.0, 1.5),
+            Note::new(67, 20, 0.5, 1.5),
         ]);
         let ids = encode(&perf);
         let expect = vec![
@@ -359,7 +350,7 @@ mod tests {
         let perf = decode(&ids);
         assert_eq!(
             perf.notes,
-            vec![note(60, 64, 0.0, 0.1), note(61, 64, 0.1, 0.11)]
+            vec![Note::new(60, 64, 0.0, 0.1), Note::new(61, 64, 0.1, 0.11)]
         );
     }
 
@@ -379,7 +370,7 @@ mod tests {
             END,
             Event::NoteOn(62).id(),
         ];
-        assert_eq!(decode(&ids).notes, vec![note(60, 64, 0.0, 0.1)]);
+        assert_eq!(decode(&ids).notes, vec![Note::new(60, 64, 0.0, 0.1)]);
     }
 
     #[test]
@@ -394,7 +385,7 @@ mod tests {
 
     #[test]
     fn time_stretch_scales_absolute_times() {
-        let perf = Performance::from_notes(vec![note(60, 64, 1.0, 3.0)]);
+        let perf = Performance::from_notes(vec![Note::new(60, 64, 1.0, 3.0)]);
         let stretched = decode(&time_stretch(&encode(&perf), 1.05));
         assert_eq!(stretched.notes.len(), 1);
         assert!((stretched.notes[0].start - 1.05).abs() < 1e-9);

@@ -8,15 +8,6 @@ use echoai::audio::{
 };
 use echoai::performance::{Note, Performance};
 
-fn note(pitch: u8, velocity: u8, start: f64, end: f64) -> Note {
-    Note {
-        pitch,
-        velocity,
-        start,
-        end,
-    }
-}
-
 /// The frequency with the most energy between 100 Hz and 2 kHz, by a Goertzel scan (0.5 Hz steps).
 fn spectral_peak(samples: &[f32], sample_rate: f64) -> f64 {
     let power = |freq: f64| {
@@ -57,7 +48,7 @@ fn a4_and_a5_sound_at_their_pitch() {
     let font = PianoSoundFont::builtin();
     for (pitch, hz) in [(69u8, 440.0), (81, 880.0)] {
         let audio = render_performance(
-            &Performance::from_notes(vec![note(pitch, 100, 0.0, 1.0)]),
+            &Performance::from_notes(vec![Note::new(pitch, 100, 0.0, 1.0)]),
             &font,
         )
         .unwrap();
@@ -74,7 +65,10 @@ fn a4_and_a5_sound_at_their_pitch() {
 #[test]
 fn length_is_the_piece_plus_the_release_tail_and_silence_stays_silent() {
     let font = PianoSoundFont::builtin();
-    let perf = Performance::from_notes(vec![note(60, 80, 0.2, 1.3), note(64, 80, 0.5, 2.25)]);
+    let perf = Performance::from_notes(vec![
+        Note::new(60, 80, 0.2, 1.3),
+        Note::new(64, 80, 0.5, 2.25),
+    ]);
     let audio = render_performance(&perf, &font).unwrap();
     assert_eq!(audio.sample_rate, SAMPLE_RATE);
     assert!(
@@ -109,8 +103,11 @@ fn the_densest_corpus_chord_at_full_velocity_does_not_clip() {
     }
     assert!(densest.len() >= 8, "{densest:?}");
     let font = PianoSoundFont::builtin();
-    let chord: Vec<Note> = densest.iter().map(|&p| note(p, 127, 0.0, 1.5)).collect();
-    let every_key: Vec<Note> = (21..=108).map(|p| note(p, 127, 0.0, 1.5)).collect();
+    let chord: Vec<Note> = densest
+        .iter()
+        .map(|&p| Note::new(p, 127, 0.0, 1.5))
+        .collect();
+    let every_key: Vec<Note> = (21..=108).map(|p| Note::new(p, 127, 0.0, 1.5)).collect();
     for notes in [chord, every_key] {
         let audio = render_performance(&Performance::from_notes(notes), &font).unwrap();
         assert!(audio.peak() <= 1.0, "peak {}", audio.peak());
@@ -127,7 +124,7 @@ fn wav_export_reads_back_with_its_length_and_rate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.wav");
     let audio = render_performance(
-        &Performance::from_notes(vec![note(60, 90, 0.0, 0.5)]),
+        &Performance::from_notes(vec![Note::new(60, 90, 0.0, 0.5)]),
         &PianoSoundFont::builtin(),
     )
     .unwrap();
@@ -164,7 +161,10 @@ fn player_transport_plays_pauses_seeks_and_stops() {
     let handle = PlayerHandle::new();
     handle
         .load(
-            &Performance::from_notes(vec![note(60, 100, 0.0, 1.0), note(72, 100, 2.0, 3.0)]),
+            &Performance::from_notes(vec![
+                Note::new(60, 100, 0.0, 1.0),
+                Note::new(72, 100, 2.0, 3.0),
+            ]),
             &PianoSoundFont::builtin(),
         )
         .unwrap();

@@ -110,55 +110,41 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly_and_the_result_generates() {
     );
 }
 
+/// Runs `echoai` with `args`, expects it to fail, and returns what it printed on stderr.
+fn failure_message(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let out = bin()
-        .args(["train", "--data", "/no/such/dir", "--out", "/tmp/x"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
-    let out = bin()
-        .args([
-            "train",
-            "--data",
-            "assets/corpus/piano",
-            "--out",
-            "/tmp/x",
-            "--model",
-            "transformer",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lstm-attention"));
-    let out = bin()
-        .args([
-            "generate",
-            "--checkpoint",
-            "/no/ckpt",
-            "--out",
-            "/tmp/x.mid",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a checkpoint"));
-    let out = bin()
-        .args([
-            "train",
-            "--data",
-            "assets/corpus/piano",
-            "--out",
-            "/tmp/x",
-            "--device",
-            "cuda",
-        ])
-        .args(TINY)
-        .output()
-        .unwrap();
+    let message = failure_message(&["train", "--data", "/no/such/dir", "--out", "/tmp/x"]);
+    assert!(message.contains("/no/such/dir"));
+    let data = "assets/corpus/piano";
+    let message = failure_message(&[
+        "train",
+        "--data",
+        data,
+        "--out",
+        "/tmp/x",
+        "--model",
+        "transformer",
+    ]);
+    assert!(message.contains("lstm-attention"));
+    let message = failure_message(&[
+        "generate",
+        "--checkpoint",
+        "/no/ckpt",
+        "--out",
+        "/tmp/x.mid",
+    ]);
+    assert!(message.contains("not a checkpoint"));
     if !cfg!(feature = "cuda") {
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+        let mut args = vec![
+            "train", "--data", data, "--out", "/tmp/x", "--device", "cuda",
+        ];
+        args.extend_from_slice(&TINY);
+        assert!(failure_message(&args).contains("--features cuda"));
     }
 }

@@ -299,6 +299,14 @@ fn fused_gradients_match_finite_differences() {
     }
 }
 
+/// A model of `config` with candle's default initial weights, and the map that holds them.
+fn fresh_model(config: &ModelConfig) -> (VarMap, MusicModel) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = MusicModel::new(config, vb).unwrap();
+    (varmap, model)
+}
+
 /// Sets every attention `rel_bias` entry to `value(flat index)`.
 fn set_relative_bias(varmap: &VarMap, value: impl Fn(usize) -> f32) {
     for (name, var) in varmap.data().lock().unwrap().iter() {
@@ -328,12 +336,7 @@ fn step_by_step_equals_whole_sequence_for_both_models() {
             dropout: 0.0,
             ..ModelConfig::default()
         };
-        let varmap = VarMap::new();
-        let model = MusicModel::new(
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let (varmap, model) = fresh_model(&config);
         // Non-zero attention bias, so the relative positions matter.
         set_relative_bias(&varmap, |i| i as f32 * 0.3);
         let ids: Vec<u32> = (0..2 * 11).map(|i| (i * 37 % 390) as u32).collect();
@@ -374,12 +377,7 @@ fn attention_is_causal_and_local() {
         dropout: 0.0,
         ..ModelConfig::default()
     };
-    let varmap = VarMap::new();
-    let model = MusicModel::new(
-        &config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
+    let (_varmap, model) = fresh_model(&config);
     let base: Vec<u32> = (0..12).map(|i| (i * 29 % 390) as u32).collect();
     let logits = |ids: &[u32]| {
         model
@@ -461,12 +459,7 @@ fn fused_and_composed_training_give_the_same_loss_curve() {
     let ids = Tensor::from_vec(ids, (4, 17), &Device::Cpu).unwrap();
     let mut curves = Vec::new();
     for recurrence in [Recurrence::Auto, Recurrence::Composed] {
-        let varmap = VarMap::new();
-        let model = MusicModel::new(
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let (varmap, model) = fresh_model(&config);
         echoai::model::init::initialize(&varmap, &config, 5).unwrap();
         let mut opt = AdamW::new(
             varmap.data().lock().unwrap().clone(),
@@ -512,12 +505,7 @@ fn banded_attention_matches_the_masked_reference_with_every_gradient() {
             dropout: 0.0,
             ..ModelConfig::default()
         };
-        let varmap = VarMap::new();
-        let model = MusicModel::new(
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let (varmap, model) = fresh_model(&config);
         echoai::model::init::initialize(&varmap, &config, 3).unwrap();
         set_relative_bias(&varmap, |i| (i as f32 * 0.2).sin());
         let ids: Vec<u32> = (0..3 * (time + 1)).map(|i| (i * 53 % 390) as u32).collect();

@@ -13,23 +13,14 @@ fn echoai(args: &[&str]) -> std::process::Output {
         .expect("runs")
 }
 
-fn note(pitch: u8, velocity: u8, start: f64, end: f64) -> Note {
-    Note {
-        pitch,
-        velocity,
-        start,
-        end,
-    }
-}
-
 #[test]
 fn statistics_of_a_small_file_match_the_hand_count() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("three.mid");
     let perf = Performance::from_notes(vec![
-        note(60, 100, 0.0, 1.0),
-        note(64, 50, 0.0, 0.5),
-        note(67, 20, 1.0, 2.0),
+        Note::new(60, 100, 0.0, 1.0),
+        Note::new(64, 50, 0.0, 0.5),
+        Note::new(67, 20, 1.0, 2.0),
     ]);
     write_midi(&perf, &path).unwrap();
     let out = echoai(&["stats", path.to_str().unwrap(), "--json"]);
@@ -112,7 +103,7 @@ fn a_set_overlaps_itself_and_a_one_pitch_set_is_flagged() {
     for i in 0..8 {
         let notes = (0..200)
             .map(|k| {
-                note(
+                Note::new(
                     60,
                     40 + (k % 60) as u8,
                     k as f64 * 0.3 + i as f64 * 0.01,

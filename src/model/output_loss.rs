@@ -80,12 +80,14 @@ impl CustomOp3 for OutputLossOp {
             (1, width),
         );
         let simd = self.simd;
+        // The bias is the last column of wb: gathered once, not once per row.
+        let bias: Vec<f32> = (0..vocab).map(|v| wb[v * width + hidden]).collect();
         let total: f64 = probs
             .par_chunks_mut(vocab)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
-                for (v, logit) in row.iter_mut().enumerate() {
-                    *logit += wb[v * width + hidden];
+                for (logit, b) in row.iter_mut().zip(&bias) {
+                    *logit += b;
                 }
                 let target_logit = row[target as usize];
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

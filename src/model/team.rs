@@ -56,7 +56,10 @@ impl SpinBarrier {
 
 /// How many threads a team should have for `work_items` indivisible pieces of work.
 pub fn team_size(work_items: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: the standard library reads three cgroup files per call, and every layer of
+    // every training step asks.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     cores
         .min(rayon::current_num_threads())
         .min(work_items)

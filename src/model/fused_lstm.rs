@@ -65,15 +65,10 @@ pub struct FusedLstmOp {
 impl FusedLstmOp {
     /// `keep_for_backward`: store activations (training); inference skips that memory.
     pub fn new(keep_for_backward: bool, input_kind: LayerInput) -> Self {
-        Self::with_kernel(keep_for_backward, input_kind, Kernel::detect())
-    }
-
-    /// As [`FusedLstmOp::new`] with a chosen step kernel (tests compare them).
-    pub fn with_kernel(keep_for_backward: bool, input_kind: LayerInput, kernel: Kernel) -> Self {
         FusedLstmOp {
             keep_for_backward,
             input_kind,
-            kernel,
+            kernel: Kernel::detect(),
             simd: Simd::detect(),
             saved: Mutex::new(None),
         }

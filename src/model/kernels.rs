@@ -58,10 +58,6 @@ impl Panels {
     pub fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * PANEL..(p + 1) * self.k * PANEL]
     }
-
-    pub fn k(&self) -> usize {
-        self.k
-    }
 }
 
 /// [`Panels`] rounded to bfloat16 (the top half of an f32): half the bytes to stream, for

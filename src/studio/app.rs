@@ -524,15 +524,15 @@ impl Studio {
     fn status_bar(&mut self, ui: &mut Ui) {
         ui.horizontal(|ui| {
             if self.generate.is_generating() {
-                ui.spinner();
+                super::busy::busy_indicator(ui);
                 ui.label("generating");
             }
             if self.train.is_training() {
-                ui.spinner();
+                super::busy::busy_indicator(ui);
                 ui.label("training");
             }
             if self.export.is_some() {
-                ui.spinner();
+                super::busy::busy_indicator(ui);
                 ui.label("exporting");
             }
             let color = if self.status.is_error {

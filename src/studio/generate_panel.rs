@@ -404,7 +404,7 @@ impl GeneratePanel {
                         },
                     ));
                 }
-                ui.spinner();
+                super::busy::busy_indicator(ui);
                 return;
             };
             ui.label(

@@ -1,6 +1,7 @@
 //! The studio: an eframe app over the engine. Nothing outside this module imports it.
 
 mod app;
+mod busy;
 pub mod dialogs;
 pub mod document;
 pub mod generate_panel;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::midi::MAX_PIECE_SECONDS;
 use crate::model::{MusicModel, Stepper, WeightPrecision};
 use crate::performance::{Note, Performance};
 use crate::rng::Rng;
@@ -50,27 +51,28 @@ impl Default for GenerateConfig {
 }
 
 impl GenerateConfig {
+    /// Explains the first setting out of range, naming it as the command line does.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature {} must be above 0", self.temperature));
+        use crate::bounds::{check, check_positive};
+        check_positive("temperature", self.temperature, MAX_TEMPERATURE)?;
+        if let Some(p) = self.top_p {
+            check_positive("top-p", p, 1.0)?;
         }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err(format!("top-p {p} must be in (0, 1]"));
+        if let Some(k) = self.top_k {
+            check("top-k", k, 1..=crate::tokenizer::VOCAB_SIZE)?;
         }
-        if self.top_k == Some(0) {
-            return Err("top-k must be at least 1".into());
-        }
-        if self.variations == 0 {
-            return Err("variations must be at least 1".into());
-        }
-        if self.max_seconds.is_nan() || self.max_seconds <= 0.0 || self.max_events == 0 {
-            return Err("the length must be above 0".into());
-        }
+        check("variations", self.variations, 1..=MAX_VARIATIONS)?;
+        check_positive("seconds", self.max_seconds, MAX_PIECE_SECONDS)?;
+        check("min-seconds", self.min_seconds, 0.0..=MAX_PIECE_SECONDS)?;
+        check("max-events", self.max_events, 1..=MAX_EVENTS)?;
         Ok(())
     }
 }
+
+/// Upper bounds of [`GenerateConfig::validate`].
+pub const MAX_TEMPERATURE: f64 = 100.0;
+pub const MAX_VARIATIONS: usize = 64;
+pub const MAX_EVENTS: usize = 2_000_000;
 
 /// One generated piece.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,17 +7,20 @@
 
 pub mod assets;
 pub mod audio;
+pub mod bounds;
 pub mod cli;
 pub mod corpus;
 pub mod device;
 pub mod fsutil;
 pub mod generate;
 pub mod live_midi;
+pub mod memory;
 pub mod midi;
 pub mod model;
 pub mod optim;
 pub mod performance;
 pub mod rng;
+pub mod run_folder;
 pub mod stats;
 pub mod studio;
 pub mod tokenizer;

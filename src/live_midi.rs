@@ -525,7 +525,13 @@ pub fn record(
             }
         }),
     )?;
-    std::thread::sleep(Duration::from_secs_f64(seconds.max(0.0)));
+    // Bounded here too: `from_secs_f64` panics on infinity and NaN.
+    let seconds = if seconds.is_finite() {
+        seconds.clamp(0.0, 86_400.0)
+    } else {
+        0.0
+    };
+    std::thread::sleep(Duration::from_secs_f64(seconds));
     drop(connection);
     let recorder = std::mem::take(
         &mut *recorder

@@ -6,6 +6,7 @@ use echoai::cli::{Cli, run};
 fn main() -> ExitCode {
     keep_freed_memory();
     fix_thread_count();
+    quiet_library_backtraces();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -42,12 +43,28 @@ fn fix_thread_count() {
     }
 }
 
+/// candle attaches a backtrace to its errors whenever `RUST_BACKTRACE` is set, as it often is
+/// on a Rust user's machine, and prints it as part of the message. Errors are one clear line;
+/// `RUST_LIB_BACKTRACE=0` stops library backtraces while panics keep theirs.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// The error and its causes, skipping a cause whose words the message already contains (most of
 /// our errors quote their cause, and a chain would repeat it).
 fn describe(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
-        let part = cause.to_string();
+        // Only a cause's first line: the rest is a backtrace when one was captured anyway.
+        let part = cause
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if !text.contains(&part) {
             if !text.is_empty() {
                 text.push_str(": ");

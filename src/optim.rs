@@ -68,32 +68,49 @@ impl AdamW {
     }
 
     /// One update; gradients are scaled down first so their global norm is at most `clip`.
-    /// Returns the norm before clipping.
+    /// Returns the norm before clipping, or NaN when the gradients or the updated weights are
+    /// not finite: then nothing is changed, so the last good weights survive a diverged step.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
+        if !norm.is_finite() {
+            return Ok(f64::NAN);
+        }
         let scale = if norm > clip && norm > 0.0 {
             clip / norm
         } else {
             1.0
         };
-        self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
+        let t = (self.step + 1) as i32;
         let correction1 = 1.0 - c.beta1.powi(t);
         let correction2 = 1.0 - c.beta2.powi(t);
+        let mut updates = Vec::with_capacity(self.params.len());
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = (g * scale)?;
+            // Detached: a variable's gradient can carry the autograd graph that computed it (a
+            // matmul's backward multiplies by the other, tracked, operand), and the moments live
+            // across steps, so an attached `g` chained every step's gradients into `m` and `v`:
+            // about 33 MB kept per step at the reference size (issue 11).
+            let g = (g.detach() * scale)?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + c.eps)?)?;
             let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
+            let new = (decayed - (update * lr)?)?.detach();
+            let total = new.sum_all()?.to_dtype(candle_core::DType::F64)?;
+            if !total.to_scalar::<f64>()?.is_finite() {
+                return Ok(f64::NAN);
+            }
+            updates.push((i, new, m.detach(), v.detach()));
+        }
+        for (i, new, m, v) in updates {
+            self.params[i].1.set(&new)?;
             self.m[i] = m;
             self.v[i] = v;
         }
+        self.step += 1;
         Ok(norm)
     }
 

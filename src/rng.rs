@@ -24,6 +24,12 @@ impl Rng {
         }
     }
 
+    /// False for the all-zero state, from which xoshiro only ever yields zeros (a hand-edited
+    /// `trainer.json` can hold it; [`Rng::new`] never makes it).
+    pub fn is_usable(&self) -> bool {
+        self.state.iter().any(|&w| w != 0)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);

@@ -93,7 +93,44 @@ impl Default for TrainConfig {
     }
 }
 
+/// Upper bounds on a run's settings (see [`TrainConfig::validate`]).
+pub const MAX_STEPS: u64 = 100_000_000;
+pub const MAX_BATCH: usize = 4096;
+pub const MAX_SEQ: usize = 65_536;
+/// Events in one batch (`batch x seq`): about 3 GB of activations at the default model size.
+pub const MAX_BATCH_EVENTS: usize = 1 << 20;
+pub const MAX_VALIDATION_CROPS: usize = 100_000;
+/// Far above any rate that trains (1e-3 is the default); high enough to test divergence.
+pub const MAX_LR: f64 = 10.0;
+
 impl TrainConfig {
+    /// Explains the first setting out of range, naming it as the command line does.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::bounds::{check, check_positive};
+        self.model.validate()?;
+        check("steps", self.steps, 1..=MAX_STEPS)?;
+        check("batch", self.batch, 1..=MAX_BATCH)?;
+        check("seq", self.seq_len, 2..=MAX_SEQ)?;
+        if self.batch * self.seq_len > MAX_BATCH_EVENTS {
+            return Err(format!(
+                "batch x seq is {} events: at most {MAX_BATCH_EVENTS} fit in one step",
+                self.batch * self.seq_len
+            ));
+        }
+        check_positive("lr", self.lr, MAX_LR)?;
+        check("warmup", self.warmup, 0..=MAX_STEPS)?;
+        check("weight-decay", self.weight_decay, 0.0..=1.0)?;
+        check_positive("clip", self.clip, 1e6)?;
+        check("validate-every", self.validate_every, 0..=MAX_STEPS)?;
+        check("checkpoint-every", self.checkpoint_every, 0..=MAX_STEPS)?;
+        check(
+            "validation crops",
+            self.validation_crops,
+            0..=MAX_VALIDATION_CROPS,
+        )?;
+        Ok(())
+    }
+
     /// The learning rate before update number `step` (0-based).
     pub fn lr_at(&self, step: u64) -> f64 {
         let warmup = self.warmup.min(self.steps.saturating_sub(1));
@@ -107,8 +144,8 @@ impl TrainConfig {
     }
 }
 
-/// What a run reports, in order: `Started`, then `Step`s with `Validation`s and `Checkpoint`s
-/// among them, then exactly one of `Finished` or `Failed`.
+/// What a run reports, in order: `Started`, then `Notice`s, `Step`s with `Validation`s and
+/// `Checkpoint`s among them, then exactly one of `Finished` or `Failed`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
@@ -126,10 +163,17 @@ pub enum TrainEvent {
         lr: f64,
         tokens_per_s: f64,
         eta_s: f64,
+        /// The process's peak resident memory so far, where the system reports it.
+        peak_rss_bytes: Option<u64>,
     },
     Validation {
         step: u64,
         nll: f64,
+    },
+    /// Something the user should know about the run's folder or settings: an earlier run that
+    /// died, a checkpoint recovered from an interrupted save, settings a resume changed.
+    Notice {
+        message: String,
     },
     Paused {
         step: u64,
@@ -157,9 +201,23 @@ pub struct TrainControl {
     pub pause: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
     pub checkpoint_now: Arc<AtomicBool>,
+    /// Stop at once, without the final checkpoint (a second Ctrl-C). A save in progress still
+    /// completes: nothing ever interrupts one.
+    pub abandon: Arc<AtomicBool>,
+    /// Set by the run while it writes a checkpoint, so a signal handler knows not to exit.
+    pub saving: Arc<AtomicBool>,
 }
 
 impl TrainControl {
+    pub fn request_abandon(&self) {
+        self.abandon.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_saving(&self) -> bool {
+        self.saving.load(Ordering::SeqCst)
+    }
+
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -193,9 +251,11 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(
-        "the loss became {loss} at step {step}; training stopped, and the last good checkpoint ({kept}) was kept"
+        "training diverged at step {step} (the loss or an update became {loss}); it stopped, and the last good checkpoint ({kept}) was kept"
     )]
     NonFinite { step: u64, loss: f64, kept: String },
+    #[error("interrupted twice: stopped without a final checkpoint; the last one is {kept}")]
+    Abandoned { kept: String },
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 }
@@ -220,6 +280,8 @@ pub fn train(
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
     let result = run(data, config, out, resume, control, on_event);
+    // Any orderly end, success or a reported error: only a run that died keeps its marker.
+    crate::run_folder::mark_ended(out);
     if let Err(e) = &result {
         on_event(TrainEvent::Failed {
             reason: e.to_string(),
@@ -245,7 +307,8 @@ fn run(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
-    let mut s = open_session(config, out, resume)?;
+    let unfinished = crate::run_folder::unfinished_run(out);
+    let (mut s, changes) = open_session(config, out, resume)?;
     let cfg = s.state.config.clone();
     let need = cfg.seq_len + 1;
     if data.train.len() <= need {
@@ -264,11 +327,28 @@ fn run(
         train_events: data.train.len(),
         validation_events: data.validation.len(),
     });
+    crate::run_folder::mark_running(out, s.state.step)
+        .map_err(|e| TrainError::Setup(format!("cannot write to {}: {e}", out.display())))?;
+    if let Some(u) = unfinished {
+        on_event(TrainEvent::Notice {
+            message: u.describe(),
+        });
+    }
+    for change in changes {
+        on_event(TrainEvent::Notice {
+            message: format!("resuming with a change: {change}"),
+        });
+    }
 
     let tokens_per_step = (cfg.batch * cfg.seq_len) as f64;
     let mut step_secs: Option<f64> = None;
     let mut stopped_early = false;
     while s.state.step < cfg.steps {
+        if control.abandon.load(Ordering::SeqCst) {
+            return Err(TrainError::Abandoned {
+                kept: kept_checkpoint(&s),
+            });
+        }
         if control.stop.load(Ordering::SeqCst) {
             stopped_early = true;
             break;
@@ -277,7 +357,7 @@ fn run(
             on_event(TrainEvent::Paused { step: s.state.step });
             while control.pause.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
                 if control.checkpoint_now.swap(false, Ordering::SeqCst) {
-                    save(&mut s, data, out, on_event)?;
+                    save(&mut s, data, out, control, on_event)?;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -319,6 +399,7 @@ fn run(
             lr,
             tokens_per_s: tokens_per_step / avg,
             eta_s: avg * (cfg.steps - s.state.step) as f64,
+            peak_rss_bytes: crate::memory::peak_resident_bytes(),
         });
         let last = s.state.step == cfg.steps;
         if cfg.validate_every > 0
@@ -333,10 +414,15 @@ fn run(
         }
         let periodic = cfg.checkpoint_every > 0 && s.state.step % cfg.checkpoint_every == 0;
         if (periodic || control.checkpoint_now.swap(false, Ordering::SeqCst)) && !last {
-            save(&mut s, data, out, on_event)?;
+            save(&mut s, data, out, control, on_event)?;
         }
     }
-    save(&mut s, data, out, on_event)?;
+    if control.abandon.load(Ordering::SeqCst) {
+        return Err(TrainError::Abandoned {
+            kept: kept_checkpoint(&s),
+        });
+    }
+    save(&mut s, data, out, control, on_event)?;
     let outcome = TrainOutcome {
         checkpoint: out.to_path_buf(),
         step: s.state.step,
@@ -355,40 +441,116 @@ fn non_finite(step: u64, loss: f64, s: &Session) -> TrainError {
     TrainError::NonFinite {
         step,
         loss,
-        kept: s
-            .last_good
-            .as_ref()
-            .map_or("none was written yet".into(), |p| p.display().to_string()),
+        kept: kept_checkpoint(s),
     }
 }
 
-fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Session, TrainError> {
-    let exists = checkpoint::is_checkpoint(out);
-    if exists && !resume {
-        return Err(TrainError::Setup(format!(
-            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
-            out.display()
+fn kept_checkpoint(s: &Session) -> String {
+    s.last_good
+        .as_ref()
+        .map_or("none was written yet".into(), |p| p.display().to_string())
+}
+
+/// The settings a checkpoint in `out` was trained with (what `--resume` continues).
+pub fn saved_config(out: &Path) -> Result<TrainConfig, TrainError> {
+    let meta = checkpoint::read_meta(out)?;
+    Ok(read_trainer_state(out, &meta)?.config)
+}
+
+/// `trainer.json`, checked against `config.json` and range-checked: a hand-edited file must
+/// not size a loop or an allocation.
+fn read_trainer_state(out: &Path, meta: &CheckpointMeta) -> Result<TrainerState, TrainError> {
+    let json = checkpoint::read_trainer_json(out)?;
+    let bad = |what: String| TrainError::Setup(format!("{}: trainer.json: {what}", out.display()));
+    let state: TrainerState = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+    state.config.validate().map_err(bad)?;
+    if state.config.model != meta.model {
+        return Err(bad("its model differs from config.json's".into()));
+    }
+    if state.step > state.config.steps || state.step != meta.step {
+        return Err(bad(format!(
+            "step {} does not fit config.json's step {} and the run's {} steps",
+            state.step, meta.step, state.config.steps
         )));
     }
-    if resume && !exists {
-        return Err(TrainError::Setup(format!(
-            "cannot resume: {} holds no checkpoint",
-            out.display()
-        )));
+    if !state.rng.is_usable() {
+        return Err(bad("the random generator's state is all zeros".into()));
     }
+    if !(state.elapsed_s.is_finite() && state.elapsed_s >= 0.0) {
+        return Err(bad(format!("elapsed_s is {}", state.elapsed_s)));
+    }
+    Ok(state)
+}
+
+/// The settings in which `wanted` differs from `saved`, as `name: old -> new`.
+pub fn config_changes(saved: &TrainConfig, wanted: &TrainConfig) -> Vec<(String, String)> {
+    fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let as_fields = |c: &TrainConfig| {
+        let mut fields = Vec::new();
+        if let Ok(v) = serde_json::to_value(c) {
+            flatten("", &v, &mut fields);
+        }
+        fields
+    };
+    let before = as_fields(saved);
+    as_fields(wanted)
+        .into_iter()
+        .filter_map(|(key, new)| {
+            let old = before.iter().find(|(k, _)| *k == key)?;
+            (old.1 != new).then(|| (key.clone(), format!("{key}: {} -> {new}", old.1)))
+        })
+        .collect()
+}
+
+fn open_session(
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<(Session, Vec<String>), TrainError> {
+    config.validate().map_err(TrainError::Setup)?;
+    crate::run_folder::check_out_folder(out, resume).map_err(TrainError::Setup)?;
     let device = config.device.open().map_err(TrainError::Setup)?;
+    let mut changes = Vec::new();
     let (model_config, state) = if resume {
         let meta = checkpoint::read_meta(out)?;
-        let (_, json) = checkpoint::load_optimizer(out, &device)?;
-        let mut state: TrainerState = serde_json::from_str(&json)
-            .map_err(|e| TrainError::Setup(format!("{}: trainer.json: {e}", out.display())))?;
-        // The architecture comes from the checkpoint; the schedule may be extended.
-        state.config.steps = config.steps.max(state.step);
-        state.config.device = config.device;
+        let mut state = read_trainer_state(out, &meta)?;
+        for (key, change) in config_changes(&state.config, config) {
+            // The architecture is the checkpoint's; dropout is only a training setting.
+            if key.starts_with("model.") && key != "model.dropout" {
+                return Err(TrainError::Setup(format!(
+                    "cannot resume {} with another model ({change}): the architecture is fixed by the checkpoint",
+                    out.display()
+                )));
+            }
+            changes.push(change);
+        }
+        if config.steps < state.step {
+            return Err(TrainError::Setup(format!(
+                "steps is {}, but the checkpoint in {} has already trained {} steps",
+                config.steps,
+                out.display(),
+                state.step
+            )));
+        }
+        state.config = config.clone();
         state.config.model = meta.model.clone();
-        (meta.model, state)
+        state.config.model.dropout = config.model.dropout;
+        (state.config.model.clone(), state)
     } else {
-        config.model.validate().map_err(TrainError::Setup)?;
         let state = TrainerState {
             config: config.clone(),
             step: 0,
@@ -420,18 +582,21 @@ fn open_session(config: &TrainConfig, out: &Path, resume: bool) -> Result<Sessio
     let mut last_good = None;
     if resume {
         checkpoint::load_into_varmap(out, &model_config, &varmap)?;
-        let (moments, _) = checkpoint::load_optimizer(out, &device)?;
+        let moments = checkpoint::load_optimizer_moments(out, &device)?;
         optimizer.load_state(&moments, state.step)?;
         last_good = Some(out.to_path_buf());
     }
-    Ok(Session {
-        model,
-        varmap,
-        optimizer,
-        state,
-        device,
-        last_good,
-    })
+    Ok((
+        Session {
+            model,
+            varmap,
+            optimizer,
+            state,
+            device,
+            last_good,
+        },
+        changes,
+    ))
 }
 
 /// `batch` crops of `need` events: inputs are the first `need - 1`, targets the last `need - 1`.
@@ -586,8 +751,22 @@ fn save(
     s: &mut Session,
     data: &TrainData,
     out: &Path,
+    control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<(), TrainError> {
+    control.saving.store(true, Ordering::SeqCst);
+    let result = write_checkpoint(s, data, out);
+    control.saving.store(false, Ordering::SeqCst);
+    result?;
+    s.last_good = Some(out.to_path_buf());
+    on_event(TrainEvent::Checkpoint {
+        step: s.state.step,
+        path: out.to_path_buf(),
+    });
+    Ok(())
+}
+
+fn write_checkpoint(s: &Session, data: &TrainData, out: &Path) -> Result<(), TrainError> {
     let mut meta = CheckpointMeta::new(s.model.config.clone(), data.summary.clone());
     meta.step = s.state.step;
     meta.validation_nll = s.state.validations.last().map(|v| v.1);
@@ -605,11 +784,6 @@ fn save(
             trainer_json: &trainer_json,
         }),
     )?;
-    s.last_good = Some(out.to_path_buf());
-    on_event(TrainEvent::Checkpoint {
-        step: s.state.step,
-        path: out.to_path_buf(),
-    });
     Ok(())
 }
 

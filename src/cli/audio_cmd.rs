@@ -78,7 +78,12 @@ pub fn run_ports() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A recording longer than this is almost certainly a typo (and `inf` would panic the timer).
+const MAX_RECORD_SECONDS: f64 = 6.0 * 3600.0;
+
 pub fn run_record(port: &str, seconds: f64, output: &Path) -> anyhow::Result<ExitCode> {
+    crate::bounds::check_positive("--seconds", seconds, MAX_RECORD_SECONDS)
+        .map_err(anyhow::Error::msg)?;
     eprintln!("recording from {port} for {seconds:.0} s ...");
     let perf = record(&MidirIn, &PortChoice::parse(port), seconds)?;
     write_midi(&perf, output)?;

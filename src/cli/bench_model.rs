@@ -202,8 +202,12 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
                 candle_nn::loss::cross_entropy(&logits, targets)
             })?
         };
+        // The process's peak so far: each row's model and buffers are freed before the next.
+        let memory = crate::memory::peak_resident_bytes().map_or(String::new(), |b| {
+            format!(", peak RSS {}", crate::memory::format_bytes(b))
+        });
         println!(
-            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling)",
+            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling{memory})",
             100.0 * tokens_per_s * flops / (peak * 1e9)
         );
     }

@@ -6,13 +6,15 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
+use crate::bounds::check;
 use crate::corpus::{Corpus, Split};
 use crate::device::DeviceChoice;
 use crate::generate::{GenerateConfig, generate};
+use crate::midi::MAX_PIECE_SECONDS;
 use crate::midi::{read_midi, write_midi};
 use crate::model::WeightPrecision;
 use crate::model::checkpoint::load_for_inference;
-use crate::train::evaluate_stream;
+use crate::train::{MAX_BATCH, MAX_BATCH_EVENTS, MAX_SEQ, evaluate_stream};
 
 use super::train_cmd::parse_device;
 
@@ -61,8 +63,17 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let device = args.device.open().map_err(anyhow::Error::msg)?;
-    let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
+    // Everything the user typed is checked before the checkpoint is read.
+    check(
+        "--primer-seconds",
+        args.primer_seconds,
+        0.0..=MAX_PIECE_SECONDS,
+    )
+    .map_err(anyhow::Error::msg)?;
+    check("--top-p", args.top_p, 0.0..=1.0).map_err(anyhow::Error::msg)?;
+    if args.top_p == 0.0 {
+        anyhow::bail!("--top-p is 0: it must be above 0 and at most 1 (1 turns it off)");
+    }
     let primer = match &args.primer {
         Some(path) => Some(read_midi(path)?.first_seconds(args.primer_seconds)),
         None => None,
@@ -82,6 +93,11 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             WeightPrecision::F32
         },
     };
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    let device = args.device.open().map_err(anyhow::Error::msg)?;
+    let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
     eprintln!(
         "generating {} x {:.0} s with {} (step {})",
         args.variations, args.seconds, meta.model.kind, meta.step
@@ -163,6 +179,14 @@ fn parse_split(text: &str) -> Result<Split, String> {
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    check("--seq", args.seq, 1..=MAX_SEQ).map_err(anyhow::Error::msg)?;
+    check("--batch", args.batch, 1..=MAX_BATCH).map_err(anyhow::Error::msg)?;
+    if args.seq * args.batch > MAX_BATCH_EVENTS {
+        anyhow::bail!(
+            "--seq x --batch is {} events: at most {MAX_BATCH_EVENTS} fit in one pass",
+            args.seq * args.batch
+        );
+    }
     let device = args.device.open().map_err(anyhow::Error::msg)?;
     let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
     let corpus = Corpus::load(&args.data, &|_, _| {})?;

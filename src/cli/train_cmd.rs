@@ -11,63 +11,73 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::corpus::Corpus;
 use crate::device::DeviceChoice;
-use crate::model::{ModelConfig, ModelKind};
-use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, format_duration, train};
+use crate::memory::format_bytes;
+use crate::model::ModelKind;
+use crate::train::{
+    TrainConfig, TrainControl, TrainData, TrainEvent, format_duration, saved_config, train,
+};
 
+/// Every setting of a run is optional on the command line: a fresh run fills in the defaults
+/// shown, and `--resume` continues the saved run, changing only what is given explicitly.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Folder of MIDI files (a MAESTRO csv at its root gives the splits).
     #[arg(long)]
     pub data: PathBuf,
-    /// Architecture: `lstm` or `lstm-attention`.
-    #[arg(long, default_value = "lstm-attention", value_parser = parse_kind)]
-    pub model: ModelKind,
-    /// The checkpoint directory to write (and with --resume, to continue).
+    /// Architecture: `lstm` or `lstm-attention` [default: lstm-attention].
+    #[arg(long, value_parser = parse_kind)]
+    pub model: Option<ModelKind>,
+    /// The checkpoint directory to write: new or empty (with --resume, a checkpoint to continue).
     #[arg(long)]
     pub out: PathBuf,
-    /// Total optimizer steps.
-    #[arg(long, default_value_t = 10_000)]
-    pub steps: u64,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Events per training sequence.
-    #[arg(long, default_value_t = 512)]
-    pub seq: usize,
-    /// Peak learning rate (linear warm-up, then cosine decay to a tenth).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 200)]
-    pub warmup: u64,
-    #[arg(long, default_value_t = 256)]
-    pub embed: usize,
-    #[arg(long, default_value_t = 512)]
-    pub hidden: usize,
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    /// Attention window W (lstm-attention).
-    #[arg(long, default_value_t = 64)]
-    pub window: usize,
-    /// Attention heads (lstm-attention).
-    #[arg(long, default_value_t = 4)]
-    pub heads: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub dropout: f64,
-    /// `auto`, `cpu`, `cuda` or `metal`.
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
-    pub device: DeviceChoice,
+    /// Total optimizer steps [default: 10000].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per step [default: 32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Events per training sequence [default: 512].
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Peak learning rate (linear warm-up, then cosine decay to a tenth) [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warm-up steps [default: 200].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Embedding size [default: 256].
+    #[arg(long)]
+    pub embed: Option<usize>,
+    /// LSTM hidden size [default: 512].
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// LSTM layers [default: 2].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention window W (lstm-attention) [default: 64].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Attention heads (lstm-attention) [default: 4].
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Dropout between layers [default: 0.1].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// `auto`, `cpu`, `cuda` or `metal` [default: auto].
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
     /// Continue the checkpoint in --out with its optimizer state, schedule and data RNG.
     #[arg(long)]
     pub resume: bool,
-    /// Validate every N steps.
-    #[arg(long, default_value_t = 200)]
-    pub validate_every: u64,
-    /// Write a checkpoint every N steps (and always at the end).
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Validate every N steps [default: 200].
+    #[arg(long)]
+    pub validate_every: Option<u64>,
+    /// Write a checkpoint every N steps, and always at the end [default: 500].
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Seed of the weights and the data order [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Train without transposition and time-stretch augmentation.
     #[arg(long)]
     pub no_augment: bool,
@@ -87,35 +97,58 @@ pub fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 }
 
 impl TrainArgs {
-    fn config(&self) -> TrainConfig {
-        TrainConfig {
-            model: ModelConfig {
-                kind: self.model,
-                embed: self.embed,
-                hidden: self.hidden,
-                layers: self.layers,
-                dropout: self.dropout,
-                window: self.window,
-                heads: self.heads,
-                ..ModelConfig::default()
-            },
-            steps: self.steps,
-            batch: self.batch,
-            seq_len: self.seq,
-            lr: self.lr,
-            warmup: self.warmup,
-            validate_every: self.validate_every,
-            checkpoint_every: self.checkpoint_every,
-            augment: !self.no_augment,
-            seed: self.seed,
-            device: self.device,
-            ..TrainConfig::default()
+    /// `base` (the defaults, or the saved run) with every setting given on the command line.
+    fn config_over(&self, base: TrainConfig) -> TrainConfig {
+        let mut c = base;
+        let m = &mut c.model;
+        m.kind = self.model.unwrap_or(m.kind);
+        m.embed = self.embed.unwrap_or(m.embed);
+        m.hidden = self.hidden.unwrap_or(m.hidden);
+        m.layers = self.layers.unwrap_or(m.layers);
+        m.dropout = self.dropout.unwrap_or(m.dropout);
+        m.window = self.window.unwrap_or(m.window);
+        m.heads = self.heads.unwrap_or(m.heads);
+        c.steps = self.steps.unwrap_or(c.steps);
+        c.batch = self.batch.unwrap_or(c.batch);
+        c.seq_len = self.seq.unwrap_or(c.seq_len);
+        c.lr = self.lr.unwrap_or(c.lr);
+        c.warmup = self.warmup.unwrap_or(c.warmup);
+        c.validate_every = self.validate_every.unwrap_or(c.validate_every);
+        c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
+        c.seed = self.seed.unwrap_or(c.seed);
+        c.device = self.device.unwrap_or(c.device);
+        if self.no_augment {
+            c.augment = false;
         }
+        c
+    }
+
+    /// The run to start, or with `--resume` the saved one with the explicit changes.
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let base = if self.resume {
+            saved_config(&self.out)?
+        } else {
+            TrainConfig::default()
+        };
+        let config = self.config_over(base);
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+        Ok(config)
     }
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config();
+    // Settings and the folder are checked before the corpus is read: a mistake should cost
+    // a second, not a scan.
+    let config = args.config()?;
+    if !args.data.is_dir() {
+        anyhow::bail!(
+            "cannot read the data folder {}: it is not a folder",
+            args.data.display()
+        );
+    }
+    crate::run_folder::check_out_folder(&args.out, args.resume).map_err(anyhow::Error::msg)?;
     let interactive = std::io::stderr().is_terminal() && !args.json;
     if !args.json {
         eprintln!("reading {} ...", args.data.display());
@@ -137,12 +170,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
     let control = TrainControl::default();
     let handler_control = control.clone();
-    ctrlc::set_handler(move || {
-        if handler_control.stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted twice: exiting without a final checkpoint");
-            std::process::exit(130);
+    // Ctrl-C and SIGTERM alike: the first stops after a final checkpoint, the second stops
+    // without one, a third quits at once, except while a checkpoint is being written: a save
+    // is never cut short.
+    let presses = std::sync::atomic::AtomicUsize::new(0);
+    ctrlc::set_handler(move || match presses.fetch_add(1, Ordering::SeqCst) {
+        0 => {
+            handler_control.request_stop();
+            eprintln!("\nstopping: writing a checkpoint (interrupt again to skip it)");
         }
-        eprintln!("\nstopping: writing a checkpoint (Ctrl-C again to quit at once)");
+        1 => {
+            handler_control.request_abandon();
+            eprintln!("\nstopping without a final checkpoint (a save in progress still completes)");
+        }
+        _ if handler_control.is_saving() => {
+            eprintln!("\na checkpoint is being written: it will finish first");
+        }
+        _ => std::process::exit(130),
     })?;
 
     let bar = ProgressBar::new(config.steps);
@@ -191,18 +235,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 loss,
                 tokens_per_s,
                 eta_s,
+                peak_rss_bytes,
                 ..
             } => {
                 bar.set_position(*step);
                 let val = last_val.map_or("-".into(), |v| format!("{v:.3}"));
+                let memory = peak_rss_bytes
+                    .map_or(String::new(), |b| format!(" | peak {}", format_bytes(b)));
                 bar.set_message(format!(
-                    "loss {loss:.3} val {val} | {tokens_per_s:.0} tok/s | ETA {}",
+                    "loss {loss:.3} val {val} | {tokens_per_s:.0} tok/s | ETA {}{memory}",
                     format_duration(*eta_s)
                 ));
                 if !interactive && step % config.validate_every.max(1) == 0 {
                     eprintln!(
-                        "step {step}: loss {loss:.4}, {tokens_per_s:.0} tokens/s, ETA {}",
-                        format_duration(*eta_s)
+                        "step {step}: loss {loss:.4}, {tokens_per_s:.0} tokens/s, ETA {}{}",
+                        format_duration(*eta_s),
+                        memory.replace(" | ", ", ")
                     );
                 }
             }
@@ -213,6 +261,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             TrainEvent::Checkpoint { step, path } => {
                 say(format!("step {step}: checkpoint {}", path.display()));
             }
+            TrainEvent::Notice { message } => say(format!("note: {message}")),
             TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
             TrainEvent::Finished {
                 step,

@@ -4,12 +4,12 @@ mod scan;
 mod split;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use scan::{is_midi_path, relative_key, scan_midi_files};
+pub use scan::{is_midi_path, relative_key, scan_midi_files, scan_midi_files_until};
 pub use split::{Split, SplitTable};
 
 use crate::midi::read_midi;
@@ -93,6 +93,8 @@ pub enum CorpusError {
     },
     #[error("the MAESTRO csv could not be read: {0}")]
     Csv(String),
+    #[error("the scan was cancelled")]
+    Cancelled,
 }
 
 impl Corpus {
@@ -102,9 +104,25 @@ impl Corpus {
         root: &Path,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Corpus, CorpusError> {
-        let files = scan_midi_files(root).map_err(|source| CorpusError::Unreadable {
-            path: root.to_path_buf(),
-            source,
+        Self::load_until(root, progress, &AtomicBool::new(false))
+    }
+
+    /// As [`Corpus::load`], giving up with [`CorpusError::Cancelled`] soon after `cancel` is set.
+    pub fn load_until(
+        root: &Path,
+        progress: &(dyn Fn(usize, usize) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<Corpus, CorpusError> {
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        let files = scan_midi_files_until(root, &cancelled).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::Interrupted {
+                CorpusError::Cancelled
+            } else {
+                CorpusError::Unreadable {
+                    path: root.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let table = SplitTable::load(root).map_err(CorpusError::Csv)?;
         let total = files.len();
@@ -113,6 +131,12 @@ impl Corpus {
             .par_iter()
             .map(|path| {
                 let name = relative_key(root, path);
+                if cancelled() {
+                    return Err(Failure {
+                        path: name,
+                        error: "cancelled".into(),
+                    });
+                }
                 let result = read_midi(path)
                     .map(|perf| Piece {
                         split: table.split_of(&name),
@@ -129,6 +153,9 @@ impl Corpus {
                 result
             })
             .collect();
+        if cancelled() {
+            return Err(CorpusError::Cancelled);
+        }
 
         let mut summary = CorpusSummary {
             root: root.display().to_string(),

@@ -1,14 +1,41 @@
 //! Finding the MIDI files of a folder.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Every `.mid` / `.midi` file (any case) under `root`, recursively, sorted by path. Hidden
 /// folders are skipped; an unreadable root is an error, unreadable subfolders are skipped.
+/// Symbolic links are followed, but each real folder is visited once (a link loop ends), and
+/// only regular files are listed (a FIFO or device named `x.mid` would block a read forever).
 pub fn scan_midi_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    scan_midi_files_until(root, &|| false)
+}
+
+/// As [`scan_midi_files`], giving up with `Interrupted` once `cancelled` says so.
+pub fn scan_midi_files_until(
+    root: &Path,
+    cancelled: &dyn Fn() -> bool,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
+    let mut visited = HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     let mut first = true;
     while let Some(dir) = stack.pop() {
+        if cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the scan was cancelled",
+            ));
+        }
+        // The canonical path names the real folder behind any chain of links.
+        let real = match std::fs::canonicalize(&dir) {
+            Ok(real) => real,
+            Err(e) if first => return Err(e),
+            Err(_) => continue,
+        };
+        if !visited.insert(real) {
+            continue;
+        }
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if first => return Err(e),
@@ -18,19 +45,21 @@ pub fn scan_midi_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
         for entry in entries.flatten() {
             let path = entry.path();
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            let Ok(kind) = entry.file_type() else {
+            // Follows links: what the entry is, not what the link is.
+            let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
-            if kind.is_dir() || (kind.is_symlink() && path.is_dir()) {
+            if meta.is_dir() {
                 if !hidden {
                     stack.push(path);
                 }
-            } else if is_midi_path(&path) {
+            } else if meta.is_file() && is_midi_path(&path) {
                 files.push(path);
             }
         }
     }
     files.sort();
+    files.dedup();
     Ok(files)
 }
 

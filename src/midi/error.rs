@@ -11,6 +11,8 @@ pub enum MidiErrorKind {
     Write(std::io::Error),
     #[error("the file is {size} bytes, larger than the {limit}-byte limit for a MIDI file")]
     TooLarge { size: u64, limit: u64 },
+    #[error("not a regular file (a folder, pipe or device cannot be read as MIDI)")]
+    NotAFile,
     #[error("not a valid Standard MIDI File: {0}")]
     Parse(String),
     #[error("the header gives 0 ticks per quarter note")]

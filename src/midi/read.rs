@@ -10,10 +10,15 @@ use super::tempo::TempoMap;
 use super::{MidiError, MidiErrorKind};
 use crate::performance::{Note, Performance};
 
-/// Larger files are refused before they are read: the largest MAESTRO file is under 1 MB.
-pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// A note starting later than this is taken as a corrupt file (a hostile delta time could otherwise
-/// place notes years into the piece and make the tokenizer emit billions of time shifts).
+/// Larger files are refused before they are read: the largest MAESTRO file is under 1 MB. The
+/// bound also bounds memory: an event takes at least 2 bytes of the file, and midly's event
+/// (24 bytes), our timeline entry (40 bytes) and a note (24 bytes) each hold at most one per
+/// event, so a file of this size needs at most about 16 MiB / 2 x 88 B = 740 MB while parsing.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Every time in a piece is bounded by this: a note starting later is taken as a corrupt file,
+/// and a note, pedal or unreleased key that would end later ends here. A hostile delta time could
+/// otherwise place a note-off years into the piece and make the tokenizer emit billions of time
+/// shifts (a 44-byte file once asked for more than 4 GB).
 pub const MAX_PIECE_SECONDS: f64 = 6.0 * 3600.0;
 
 /// Reads a MIDI file from disk. The error names the file.
@@ -29,6 +34,10 @@ pub fn read_midi_with_tempo(path: &Path) -> Result<(Performance, Option<f64>), M
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, MidiErrorKind> {
+    // Before opening: opening a FIFO waits for a writer, forever.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(MidiErrorKind::NotAFile);
+    }
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     if size > MAX_FILE_BYTES {
@@ -62,13 +71,6 @@ pub fn parse_midi(bytes: &[u8]) -> Result<Performance, MidiError> {
                 offset = end.max(offset);
             }
         }
-    }
-    if let Some(late) = notes.iter().find(|n| n.start > MAX_PIECE_SECONDS) {
-        return Err(MidiErrorKind::TooLong {
-            seconds: late.start,
-            limit: MAX_PIECE_SECONDS,
-        }
-        .into());
     }
     Ok(Performance::from_notes(notes))
 }
@@ -109,8 +111,26 @@ fn collect_notes(
     let map = TempoMap::new(smf.header.timing, tempos)?;
     let mut tracker = NoteTracker::new();
     let mut last_time = offset;
-    for event in &events {
+    for (i, event) in events.iter().enumerate() {
         let time = offset + map.seconds(event.tick);
+        if !(time <= MAX_PIECE_SECONDS) {
+            // An onset past the bound means a corrupt file; releases past it are clipped there,
+            // because every key still down is ended at the bound below.
+            if let Some(late) = events[i..]
+                .iter()
+                .filter(|e| is_onset(&e.kind))
+                .map(|e| offset + map.seconds(e.tick))
+                .find(|&t| !(t <= MAX_PIECE_SECONDS))
+            {
+                return Err(MidiErrorKind::TooLong {
+                    seconds: late,
+                    limit: MAX_PIECE_SECONDS,
+                }
+                .into());
+            }
+            last_time = MAX_PIECE_SECONDS;
+            break;
+        }
         last_time = time;
         if let TrackEventKind::Midi { channel, message } = event.kind {
             tracker.handle(channel.as_int(), message, time);

@@ -84,6 +84,8 @@ pub enum CheckpointError {
         "the checkpoint has no optimizer state ({OPTIMIZER_FILE}, {TRAINER_FILE}): it cannot be resumed"
     )]
     NotResumable,
+    #[error("tensor `{0}` holds NaN or infinite values: the run that wrote it had diverged")]
+    NonFinite(String),
     #[error("{0}")]
     Model(String),
 }
@@ -108,11 +110,29 @@ pub struct ResumeState<'a> {
     pub trainer_json: &'a str,
 }
 
+/// The modification time and size of a checkpoint's weights: changes whenever a save replaces
+/// them, so a cache of loaded models can tell a retrained checkpoint from the one it holds.
+pub type WeightsStamp = (std::time::SystemTime, u64);
+
+pub fn weights_stamp(dir: &Path) -> Option<WeightsStamp> {
+    let meta = std::fs::metadata(dir.join(MODEL_FILE)).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 pub fn is_checkpoint(dir: &Path) -> bool {
     dir.join(CONFIG_FILE).is_file()
 }
 
+/// Written last into a staged checkpoint, after every other file is on disk: a staged folder
+/// without it is a half-written one.
+pub const COMPLETE_MARKER: &str = ".complete";
+
 /// Writes the checkpoint to a temporary sibling, then swaps it into place.
+///
+/// Order: stage every file in `.NAME.tmp-PID` and fsync each, add [`COMPLETE_MARKER`], fsync the
+/// folder; move the old checkpoint aside to `.NAME.old-PID`, rename the staged one into place,
+/// fsync the parent, remove the old one. A kill at any instant leaves a complete checkpoint under
+/// `dir`, or under a sibling that [`recover`] (run by every load) renames back into place.
 pub fn save(
     dir: &Path,
     meta: &CheckpointMeta,
@@ -123,32 +143,187 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let written = write_files(&tmp, meta, weights, resume);
+    let written = write_files(&tmp, meta, weights, resume)
+        .and_then(|()| carry_run_marker(dir, &tmp))
+        .and_then(|()| write_synced(&tmp.join(COMPLETE_MARKER), b"complete\n"))
+        .and_then(|()| sync_dir(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     // A directory cannot be renamed over a non-empty one: move the old one aside first, so at
-    // every moment one complete checkpoint exists under `dir` or its `.old` sibling.
-    let old = dir.with_file_name(format!(
-        ".{}.old-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    // every moment one complete checkpoint exists under `dir` or a sibling `recover` finds.
+    let old = sibling(dir, "old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(io_err(dir))?;
     }
     std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    sync_dir(parent)?;
     if old.exists() {
         let _ = std::fs::remove_dir_all(&old);
     }
     Ok(())
+}
+
+/// `dir/../.NAME.KIND-PID`.
+fn sibling(dir: &Path, kind: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+}
+
+/// Keeps a run's `RUNNING` marker in the folder across the swap.
+fn carry_run_marker(dir: &Path, tmp: &Path) -> Result<(), CheckpointError> {
+    let marker = dir.join(crate::run_folder::RUN_MARKER);
+    match std::fs::read(&marker) {
+        Ok(bytes) if bytes.len() <= 4096 => {
+            write_synced(&tmp.join(crate::run_folder::RUN_MARKER), &bytes)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+fn sync_file(path: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Makes a folder's entries (a rename, a new file) durable. Not every system can open a folder
+/// to sync it; there the rename's own ordering is all we get.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    match std::fs::File::open(dir) {
+        Ok(f) => f.sync_all().or_else(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Ok(())
+            } else {
+                Err(io_err(dir)(e))
+            }
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The staged (`.NAME.tmp-*`) and set-aside (`.NAME.old-*`) siblings of `dir`, of any process.
+fn swap_siblings(dir: &Path) -> Vec<PathBuf> {
+    let (Some(name), Some(parent)) = (dir.file_name(), dir.parent()) else {
+        return Vec::new();
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let (tmp, old) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n.starts_with(&tmp) || n.starts_with(&old))
+                && n.rsplit('-')
+                    .next()
+                    .is_some_and(|pid| pid.parse::<u32>().is_ok())
+        })
+        .map(|e| dir.with_file_name(e.file_name()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Finishes a checkpoint swap that a kill interrupted: when `dir` holds no checkpoint but a
+/// complete staged or set-aside sibling exists, the newest (by step) is renamed into place.
+/// Siblings left over once `dir` is a checkpoint are removed, except another live process's
+/// staging folder. Returns what it did, for the log.
+pub fn recover(dir: &Path) -> Result<Option<String>, CheckpointError> {
+    let siblings = swap_siblings(dir);
+    if siblings.is_empty() {
+        return Ok(None);
+    }
+    let mut note = None;
+    if !is_complete_checkpoint(dir) {
+        let best = siblings
+            .iter()
+            .filter(|p| is_complete_checkpoint(p))
+            .max_by_key(|p| read_meta_only(p).map_or(0, |m| m.step));
+        if let Some(best) = best {
+            if dir.exists() {
+                // Only a folder that holds nothing but a run marker can stand in the way here
+                // (check_out_folder refuses anything else); keep it aside rather than delete.
+                let aside = sibling(dir, "old");
+                std::fs::rename(dir, &aside).map_err(io_err(dir))?;
+            }
+            std::fs::rename(best, dir).map_err(io_err(dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            note = Some(format!(
+                "recovered the checkpoint in {} from an interrupted save ({})",
+                dir.display(),
+                best.display()
+            ));
+        }
+    }
+    if is_complete_checkpoint(dir) {
+        for stale in swap_siblings(dir) {
+            if staged_by_live_process(&stale) {
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(&stale);
+        }
+    }
+    Ok(note)
+}
+
+fn staged_by_live_process(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let pid = name
+        .as_deref()
+        .and_then(|n| n.rsplit('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => false,
+        Some(pid) => cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+/// A folder that holds a config and weights that were completely written: `dir` itself after a
+/// swap, or a staged sibling with its [`COMPLETE_MARKER`].
+fn is_complete_checkpoint(dir: &Path) -> bool {
+    let staged = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    is_checkpoint(dir)
+        && dir.join(MODEL_FILE).is_file()
+        && (!staged || dir.join(COMPLETE_MARKER).is_file() || looks_set_aside(dir))
+}
+
+/// A `.NAME.old-PID` folder was a live checkpoint before the swap moved it aside.
+fn looks_set_aside(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(".old-"))
 }
 
 fn write_files(
@@ -161,25 +336,31 @@ fn write_files(
         path: dir.join(CONFIG_FILE),
         message: e.to_string(),
     })?;
-    let path = dir.join(CONFIG_FILE);
-    std::fs::write(&path, config).map_err(io_err(&path))?;
+    write_synced(&dir.join(CONFIG_FILE), config.as_bytes())?;
     let path = dir.join(MODEL_FILE);
     candle_core::safetensors::save(weights, &path).map_err(tensor_err(&path))?;
+    sync_file(&path)?;
     if let Some(resume) = resume {
         let path = dir.join(OPTIMIZER_FILE);
         candle_core::safetensors::save(&resume.optimizer, &path).map_err(tensor_err(&path))?;
-        let path = dir.join(TRAINER_FILE);
-        std::fs::write(&path, resume.trainer_json).map_err(io_err(&path))?;
+        sync_file(&path)?;
+        write_synced(&dir.join(TRAINER_FILE), resume.trainer_json.as_bytes())?;
     }
     Ok(())
 }
 
+/// Reads and checks `config.json`, first finishing any swap a kill interrupted ([`recover`]).
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    recover(dir)?;
+    read_meta_only(dir)
+}
+
+fn read_meta_only(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     let path = dir.join(CONFIG_FILE);
     if !path.is_file() {
         return Err(CheckpointError::NotACheckpoint(dir.to_path_buf()));
     }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = read_bounded(&path, MAX_CONFIG_JSON_BYTES)?;
     let meta: CheckpointMeta =
         serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
             path: path.clone(),
@@ -231,6 +412,9 @@ pub fn load_weights(
     }
     let tensors = candle_core::safetensors::load(&path, device).map_err(tensor_err(&path))?;
     check_tensors(&tensors, &expected_shapes(config)?)?;
+    for (name, t) in &tensors {
+        check_finite(name, t, &path)?;
+    }
     tensors
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(DType::F32).map_err(tensor_err(&path))?)))
@@ -316,16 +500,62 @@ pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
         .unwrap_or_default()
 }
 
-pub fn load_optimizer(
+/// `optimizer.safetensors`: AdamW's moments.
+pub fn load_optimizer_moments(
     dir: &Path,
     device: &Device,
-) -> Result<(HashMap<String, Tensor>, String), CheckpointError> {
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let opt = dir.join(OPTIMIZER_FILE);
-    let trainer = dir.join(TRAINER_FILE);
-    if !opt.is_file() || !trainer.is_file() {
+    if !opt.is_file() || !dir.join(TRAINER_FILE).is_file() {
         return Err(CheckpointError::NotResumable);
     }
     let tensors = candle_core::safetensors::load(&opt, device).map_err(tensor_err(&opt))?;
-    let json = std::fs::read_to_string(&trainer).map_err(io_err(&trainer))?;
-    Ok((tensors, json))
+    for (name, t) in &tensors {
+        check_finite(name, t, &opt)?;
+    }
+    Ok(tensors)
+}
+
+/// `trainer.json`'s text (at most [`MAX_TRAINER_JSON_BYTES`]).
+pub fn read_trainer_json(dir: &Path) -> Result<String, CheckpointError> {
+    let trainer = dir.join(TRAINER_FILE);
+    if !trainer.is_file() || !dir.join(OPTIMIZER_FILE).is_file() {
+        return Err(CheckpointError::NotResumable);
+    }
+    read_bounded(&trainer, MAX_TRAINER_JSON_BYTES)
+}
+
+/// A training run's state with its full loss history stays far below this.
+pub const MAX_TRAINER_JSON_BYTES: u64 = 256 * 1024 * 1024;
+/// `config.json` is a few hundred bytes.
+pub const MAX_CONFIG_JSON_BYTES: u64 = 1024 * 1024;
+
+fn read_bounded(path: &Path, limit: u64) -> Result<String, CheckpointError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err(path))?;
+    if text.len() as u64 > limit {
+        return Err(CheckpointError::Config {
+            path: path.to_path_buf(),
+            message: format!("larger than the {limit}-byte limit for this file"),
+        });
+    }
+    Ok(text)
+}
+
+/// Refuses a tensor holding NaN or an infinity: such weights generate noise without a word.
+fn check_finite(name: &str, t: &Tensor, path: &Path) -> Result<(), CheckpointError> {
+    let values = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(tensor_err(path))?;
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(CheckpointError::NonFinite(name.to_string()))
+    }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::check;
 use crate::tokenizer::VOCAB_SIZE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -66,6 +67,14 @@ impl Default for ModelConfig {
     }
 }
 
+/// Upper bounds on a model's sizes: far above anything that trains on one machine, low enough
+/// that a typo or a hand-edited `config.json` cannot ask for terabytes of weights.
+pub const MAX_WIDTH: usize = 8192;
+pub const MAX_LAYERS: usize = 16;
+pub const MAX_DROPOUT: f64 = 0.95;
+pub const MAX_WINDOW: usize = 4096;
+pub const MAX_HEADS: usize = 64;
+
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads.max(1)
@@ -79,16 +88,13 @@ impl ModelConfig {
                 self.vocab_size
             ));
         }
-        if self.embed == 0 || self.hidden == 0 || self.layers == 0 {
-            return Err("embed, hidden and layers must all be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
-        }
+        check("embed", self.embed, 1..=MAX_WIDTH)?;
+        check("hidden", self.hidden, 1..=MAX_WIDTH)?;
+        check("layers", self.layers, 1..=MAX_LAYERS)?;
+        check("dropout", self.dropout, 0.0..=MAX_DROPOUT)?;
         if self.kind == ModelKind::LstmAttention {
-            if self.window == 0 || self.heads == 0 {
-                return Err("window and heads must be at least 1".into());
-            }
+            check("window", self.window, 1..=MAX_WINDOW)?;
+            check("heads", self.heads, 1..=MAX_HEADS)?;
             if !self.hidden.is_multiple_of(self.heads) {
                 return Err(format!(
                     "hidden size {} is not divisible by {} heads",

@@ -145,6 +145,29 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// Whether this CPU has the instructions the kernel uses.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// This kernel where the CPU runs it, else the portable one: the variants are public, so a
+    /// caller can name one the CPU lacks, and running it would be undefined behaviour.
+    fn checked(self) -> Kernel {
+        if self.runs_here() {
+            self
+        } else {
+            Kernel::Portable
+        }
+    }
+
     /// Every kernel this CPU can run (for tests).
     pub fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
@@ -178,9 +201,9 @@ impl Kernel {
         check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
         let (a, p, c) = (a.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
         // SAFETY: `check_bounds` bounds every access the tiles make (rows < `rows`,
-        // kk < `k`, columns < 32); `detect`/`available` only name kernels this CPU supports.
+        // kk < `k`, columns < 32); `checked` names only a kernel this CPU supports.
         unsafe {
-            match self {
+            match self.checked() {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512 => x86::rows_avx512(a, lda, rows, p, k, c, ldc),
                 #[cfg(target_arch = "x86_64")]
@@ -209,8 +232,8 @@ impl Kernel {
         }
         check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
         #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Avx512 {
-            // SAFETY: bounds checked above; AVX-512 chosen only where present.
+        if self.checked() == Kernel::Avx512 {
+            // SAFETY: bounds checked above; `checked` names AVX-512 only where present.
             unsafe {
                 for r in 0..rows {
                     x86::row_bf16_avx512(

@@ -74,6 +74,8 @@ pub struct Status {
 enum ExportMsg {
     Done(PathBuf, f64),
     Failed(String),
+    /// The export goes on, but not as asked (a SoundFont that failed to load).
+    Warning(String),
 }
 
 pub struct Studio {
@@ -224,10 +226,17 @@ impl Studio {
         self.say(format!("rendering {}…", path.display()));
         self.export = Some(Job::spawn(ctx, "export", move |tx, _| {
             // A user's SoundFont may be large: it is read here, off the UI thread.
-            let font = font_path
-                .as_deref()
-                .and_then(|p| PianoSoundFont::from_file(p).ok())
-                .unwrap_or_else(PianoSoundFont::builtin);
+            let (font, fallback) = match font_path.as_deref().map(PianoSoundFont::from_file) {
+                None => (PianoSoundFont::builtin(), None),
+                Some(Ok(font)) => (font, None),
+                Some(Err(e)) => (
+                    PianoSoundFont::builtin(),
+                    Some(format!("{e}: exported with the built-in piano instead")),
+                ),
+            };
+            if let Some(why) = fallback {
+                tx.send(ExportMsg::Warning(why));
+            }
             let result = render_performance(&perf, &font)
                 .map_err(|e| e.to_string())
                 .and_then(|audio| {
@@ -334,6 +343,13 @@ impl Studio {
                 GenerateEvent::Error(m) => self.fail(m),
             }
         }
+    }
+
+    /// The window is closing: a training run stops with a final checkpoint, and this waits
+    /// for it (the run's thread would otherwise die with the process, mid-step or mid-save).
+    pub fn shut_down(&mut self) {
+        self.train
+            .finish_for_exit(std::time::Duration::from_secs(120));
     }
 
     fn handle_train_events(&mut self, events: Vec<TrainPanelEvent>) {
@@ -561,15 +577,19 @@ impl Studio {
         if let Some(job) = &mut self.export {
             let messages = job.poll();
             let finished = job.is_finished();
+            let failure = if finished { job.failure() } else { None };
             for m in messages {
                 match m {
                     ExportMsg::Done(p, s) => {
                         self.say(format!("exported {s:.1} s of audio to {}", p.display()))
                     }
-                    ExportMsg::Failed(e) => self.fail(e),
+                    ExportMsg::Failed(e) | ExportMsg::Warning(e) => self.fail(e),
                 }
             }
             if finished {
+                if let Some(why) = failure {
+                    self.fail(format!("the export stopped unexpectedly: {why}"));
+                }
                 self.export = None;
             }
         }

@@ -73,8 +73,15 @@ pub struct TakeEntry {
     pub take: Take,
 }
 
+/// Which checkpoint a cached model came from, and which version of its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelKey {
+    path: PathBuf,
+    stamp: Option<checkpoint::WeightsStamp>,
+}
+
 pub enum GenMsg {
-    Model(PathBuf, Arc<MusicModel>),
+    Model(ModelKey, Arc<MusicModel>),
     Note(usize, Note),
     Done(Vec<Take>),
     Failed(String),
@@ -109,7 +116,9 @@ pub struct GeneratePanel {
     job: Option<Job<GenMsg>>,
     job_seconds: f64,
     progress_seconds: f64,
-    model_cache: Option<(PathBuf, Arc<MusicModel>)>,
+    /// The last model loaded, keyed by its folder and the version of its weights, so a
+    /// checkpoint that training has since rewritten is loaded afresh.
+    model_cache: Option<(ModelKey, Arc<MusicModel>)>,
     recording: Option<Recording>,
     recorded: Option<Performance>,
     input_port: String,
@@ -562,10 +571,14 @@ impl GeneratePanel {
             precision: WeightPrecision::F32,
         };
         config.validate()?;
+        let key = ModelKey {
+            stamp: checkpoint::weights_stamp(&path),
+            path: path.clone(),
+        };
         let cached = self
             .model_cache
             .clone()
-            .filter(|(p, _)| p == &path)
+            .filter(|(k, _)| k == &key && key.stamp.is_some())
             .map(|(_, m)| m);
         self.job_seconds = s.seconds;
         self.progress_seconds = 0.0;
@@ -579,7 +592,7 @@ impl GeneratePanel {
                 {
                     Ok((m, _)) => {
                         let m = Arc::new(m);
-                        tx.send(GenMsg::Model(path.clone(), m.clone()));
+                        tx.send(GenMsg::Model(key, m.clone()));
                         m
                     }
                     Err(e) => {
@@ -615,7 +628,7 @@ impl GeneratePanel {
         };
         for message in job.poll() {
             match message {
-                GenMsg::Model(path, model) => self.model_cache = Some((path, model)),
+                GenMsg::Model(key, model) => self.model_cache = Some((key, model)),
                 GenMsg::Note(variation, note) => {
                     if variation == 0 {
                         self.progress_seconds = self.progress_seconds.max(note.end);
@@ -668,6 +681,11 @@ impl GeneratePanel {
             }
         }
         if job.is_finished() {
+            if let Some(why) = job.failure() {
+                events.push(GenerateEvent::Error(format!(
+                    "generation stopped unexpectedly: {why}"
+                )));
+            }
             self.job = None;
         }
         events

@@ -40,6 +40,10 @@ impl eframe::App for StudioApp {
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.studio.settings());
     }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.studio.shut_down();
+    }
 }
 
 /// Opens the studio window; returns when it is closed.

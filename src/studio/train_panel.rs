@@ -91,10 +91,17 @@ pub struct TrainPanel {
     pub validations: Vec<[f64; 2]>,
     tokens_per_s: f64,
     eta_s: f64,
+    peak_rss_bytes: Option<u64>,
     started: Option<Instant>,
     step: u64,
     total_steps: u64,
     resume: bool,
+    /// The last run, when it died without finishing (found at start-up).
+    unfinished: Option<crate::run_folder::UnfinishedRun>,
+    /// Start the resume as soon as the data folder's scan is done.
+    resume_after_scan: bool,
+    /// For starting a run from `poll` (a resume waiting on a scan).
+    ctx: Option<egui::Context>,
 }
 
 fn new_run_dir(runs: &std::path::Path, kind: ModelKind) -> PathBuf {
@@ -106,10 +113,44 @@ fn new_run_dir(runs: &std::path::Path, kind: ModelKind) -> PathBuf {
 
 impl TrainPanel {
     pub fn new(settings: TrainSettings) -> Self {
+        let unfinished = settings
+            .out_dir
+            .as_deref()
+            .and_then(crate::run_folder::unfinished_run);
         TrainPanel {
             settings,
+            unfinished,
             ..Default::default()
         }
+    }
+
+    /// The last run, if it died without finishing.
+    pub fn unfinished_run(&self) -> Option<&crate::run_folder::UnfinishedRun> {
+        self.unfinished.as_ref()
+    }
+
+    /// Continues the run that died: scans its data folder first when no corpus is loaded.
+    pub fn resume_unfinished(&mut self, ctx: Option<egui::Context>) -> Result<(), String> {
+        let run = self.unfinished.take().ok_or("no unfinished run")?;
+        if run.checkpoint_step.is_none() {
+            return Err(format!(
+                "{} holds no checkpoint to resume",
+                run.folder.display()
+            ));
+        }
+        self.settings.out_dir = Some(run.folder);
+        self.resume = true;
+        if self.corpus.is_some() {
+            return self.start(ctx);
+        }
+        let dir = self
+            .settings
+            .data_dir
+            .clone()
+            .ok_or("choose the run's data folder first")?;
+        self.resume_after_scan = true;
+        self.scan(ctx, dir);
+        Ok(())
     }
 
     pub fn is_training(&self) -> bool {
@@ -120,16 +161,27 @@ impl TrainPanel {
         self.scan.is_some()
     }
 
+    /// Stops a scan in progress (its thread ends soon after; its result is dropped).
+    pub fn cancel_scan(&mut self) {
+        if let Some(scan) = self.scan.take() {
+            scan.cancel();
+        }
+        self.resume_after_scan = false;
+    }
+
     /// Starts scanning `dir` in the background.
     pub fn scan(&mut self, ctx: Option<egui::Context>, dir: PathBuf) {
+        // Choosing another folder cancels the scan of the last one.
+        self.cancel_scan();
         self.settings.data_dir = Some(dir.clone());
         self.corpus = None;
         self.scan_progress = (0, 0);
-        self.scan = Some(Job::spawn(ctx, "scan", move |tx, _cancel| {
+        self.scan = Some(Job::spawn(ctx, "scan", move |tx, cancel| {
             let progress = |done, total| {
                 tx.send(ScanMsg::Progress(done, total));
             };
-            match Corpus::load(&dir, &progress) {
+            match Corpus::load_until(&dir, &progress, &cancel) {
+                Err(crate::corpus::CorpusError::Cancelled) => {}
                 Ok(c) if c.summary.files_ok == 0 => {
                     tx.send(ScanMsg::Failed(format!(
                         "no MIDI file in {} could be read",
@@ -171,6 +223,22 @@ impl TrainPanel {
         }
     }
 
+    /// Puts a run's settings on the panel's controls.
+    fn show_settings_of(&mut self, c: &TrainConfig) {
+        let s = &mut self.settings;
+        s.kind = c.model.kind;
+        s.embed = c.model.embed;
+        s.hidden = c.model.hidden;
+        s.layers = c.model.layers;
+        s.window = c.model.window;
+        s.heads = c.model.heads;
+        s.dropout = c.model.dropout;
+        s.steps = c.steps;
+        s.batch = c.batch;
+        s.seq = c.seq_len;
+        s.lr = c.lr;
+    }
+
     /// Starts (or with `resume`, continues) a run on the scanned corpus.
     pub fn start(&mut self, ctx: Option<egui::Context>) -> Result<(), String> {
         let corpus = self
@@ -182,8 +250,20 @@ impl TrainPanel {
             _ => new_run_dir(&self.settings.runs_dir, self.settings.kind),
         };
         self.settings.out_dir = Some(out.clone());
-        let config = self.config();
-        config.model.validate()?;
+        // A resume continues the run as it was saved (only the device follows the panel);
+        // the sliders show the saved settings.
+        let config = if self.resume {
+            let mut saved = crate::train::saved_config(&out).map_err(|e| {
+                self.resume = false;
+                e.to_string()
+            })?;
+            saved.device = self.settings.device;
+            self.show_settings_of(&saved);
+            saved
+        } else {
+            self.config()
+        };
+        config.validate()?;
         let control = TrainControl::default();
         let job_control = control.clone();
         let resume = std::mem::take(&mut self.resume);
@@ -205,6 +285,24 @@ impl TrainPanel {
         Ok(())
     }
 
+    /// Stops a run and waits (at most `limit`) until it has written its final checkpoint.
+    pub fn finish_for_exit(&mut self, limit: std::time::Duration) {
+        let Some((_, control)) = &self.run else {
+            return;
+        };
+        control.request_stop();
+        control.set_paused(false);
+        let deadline = Instant::now() + limit;
+        while let Some((job, _)) = &mut self.run {
+            job.poll();
+            if job.is_finished() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.run = None;
+    }
+
     pub fn stop(&mut self) {
         if let Some((_, control)) = &self.run {
             control.request_stop();
@@ -213,8 +311,20 @@ impl TrainPanel {
 
     pub fn poll(&mut self) -> Vec<TrainPanelEvent> {
         let mut events = Vec::new();
-        if let Some(scan) = &mut self.scan {
-            for m in scan.poll() {
+        let (messages, scan_done) = match &mut self.scan {
+            Some(scan) => (scan.poll(), scan.is_finished()),
+            None => (Vec::new(), false),
+        };
+        if scan_done {
+            if let Some(why) = self.scan.as_ref().and_then(|j| j.failure()) {
+                events.push(TrainPanelEvent::Error(format!(
+                    "the scan stopped unexpectedly: {why}"
+                )));
+            }
+            self.scan = None;
+        }
+        {
+            for m in messages {
                 match m {
                     ScanMsg::Progress(d, t) => self.scan_progress = (d, t),
                     ScanMsg::Done(c) => {
@@ -225,12 +335,14 @@ impl TrainPanel {
                             c.summary.seconds / 3600.0
                         )));
                         self.corpus = Some(c);
+                        if std::mem::take(&mut self.resume_after_scan)
+                            && let Err(e) = self.start(self.ctx.clone())
+                        {
+                            events.push(TrainPanelEvent::Error(e));
+                        }
                     }
                     ScanMsg::Failed(e) => events.push(TrainPanelEvent::Error(e)),
                 }
-            }
-            if scan.is_finished() {
-                self.scan = None;
             }
         }
         if let Some((job, _)) = &mut self.run {
@@ -250,8 +362,10 @@ impl TrainPanel {
                         loss,
                         tokens_per_s,
                         eta_s,
+                        peak_rss_bytes,
                         ..
                     } => {
+                        self.peak_rss_bytes = peak_rss_bytes;
                         self.step = step;
                         self.losses.push([step as f64, loss]);
                         self.tokens_per_s = tokens_per_s;
@@ -280,6 +394,9 @@ impl TrainPanel {
                         events.push(TrainPanelEvent::Checkpoint(path));
                         done = true;
                     }
+                    TrainEvent::Notice { message } => {
+                        events.push(TrainPanelEvent::Message(message));
+                    }
                     TrainEvent::Failed { reason } => {
                         events.push(TrainPanelEvent::Error(format!("training failed: {reason}")));
                         done = true;
@@ -287,6 +404,11 @@ impl TrainPanel {
                 }
             }
             if done {
+                if let Some(why) = job.failure() {
+                    events.push(TrainPanelEvent::Error(format!(
+                        "training stopped unexpectedly: {why}"
+                    )));
+                }
                 self.run = None;
             }
         }
@@ -295,7 +417,20 @@ impl TrainPanel {
 
     pub fn ui(&mut self, ui: &mut Ui, dialogs: &dyn Dialogs) -> Vec<TrainPanelEvent> {
         let mut events = Vec::new();
+        self.ctx = Some(ui.ctx().clone());
         let busy = self.run.is_some();
+        if let Some(run) = &self.unfinished {
+            ui.colored_label(ui.visuals().warn_fg_color, run.describe());
+            if run.checkpoint_step.is_some()
+                && ui
+                    .add_enabled(!busy, egui::Button::new("Resume that run"))
+                    .clicked()
+                && let Err(e) = self.resume_unfinished(Some(ui.ctx().clone()))
+            {
+                events.push(TrainPanelEvent::Error(e));
+            }
+            ui.separator();
+        }
         ui.heading("Data");
         ui.horizontal(|ui| {
             let label = self
@@ -322,10 +457,16 @@ impl TrainPanel {
         });
         if self.scan.is_some() {
             let (d, t) = self.scan_progress;
-            ui.add(
-                egui::ProgressBar::new(if t > 0 { d as f32 / t as f32 } else { 0.0 })
-                    .text(format!("scanning {d}/{t}")),
-            );
+            ui.horizontal(|ui| {
+                ui.add(
+                    egui::ProgressBar::new(if t > 0 { d as f32 / t as f32 } else { 0.0 })
+                        .desired_width(160.0)
+                        .text(format!("scanning {d}/{t}")),
+                );
+                if ui.button("Cancel scan").clicked() {
+                    self.cancel_scan();
+                }
+            });
         }
         if let Some(c) = &self.corpus {
             summary_ui(ui, &c.summary);
@@ -456,8 +597,11 @@ impl TrainPanel {
         });
         if self.run.is_some() || !self.losses.is_empty() {
             let elapsed = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            let memory = self.peak_rss_bytes.map_or(String::new(), |b| {
+                format!("  ·  peak memory {}", crate::memory::format_bytes(b))
+            });
             ui.label(format!(
-                "step {}/{}  ·  {:.0} tokens/s  ·  elapsed {}  ·  ETA {}",
+                "step {}/{}  ·  {:.0} tokens/s  ·  elapsed {}  ·  ETA {}{memory}",
                 self.step,
                 self.total_steps,
                 self.tokens_per_s,

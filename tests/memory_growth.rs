@@ -1,0 +1,220 @@
+//! Memory that stays in use must not grow with the length of a run (issue 11: training kept
+//! about 33 MB per step and a default-size run was killed by the OOM killer).
+//!
+//! This binary counts live heap bytes with its own global allocator, which is deterministic where
+//! the resident set size is not. Each test samples the count at two points of a long run, after
+//! warm-up, and bounds the growth by what the run legitimately keeps (a loss per step, a note per
+//! event), far below what one retained activation or gradient would add.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+use echoai::generate::{GenerateConfig, generate};
+use echoai::model::{ModelConfig, ModelKind, MusicModel};
+use echoai::tokenizer::{END, Event, START};
+use echoai::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The count is process-wide: the tests of this binary take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn live_bytes() -> isize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+fn synthetic_data() -> TrainData {
+    let mut piece = vec![START, Event::Velocity(20).id()];
+    for &p in &[60u8, 64, 67, 72, 71, 69] {
+        piece.extend([
+            Event::NoteOn(p).id(),
+            Event::TimeShift(25).id(),
+            Event::NoteOff(p).id(),
+        ]);
+    }
+    piece.push(END);
+    let cycle = |n: usize| {
+        piece
+            .iter()
+            .copied()
+            .cycle()
+            .take(piece.len() * n)
+            .collect()
+    };
+    TrainData {
+        train: cycle(40),
+        validation: cycle(8),
+        ..TrainData::default()
+    }
+}
+
+fn tiny(kind: ModelKind, steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: ModelConfig {
+            kind,
+            embed: 8,
+            hidden: 16,
+            layers: 2,
+            window: 4,
+            heads: 2,
+            dropout: 0.1,
+            ..ModelConfig::default()
+        },
+        steps,
+        batch: 2,
+        seq_len: 16,
+        warmup: 5,
+        validate_every: 25,
+        validation_crops: 4,
+        checkpoint_every: 100,
+        augment: true,
+        ..TrainConfig::default()
+    }
+}
+
+/// Live bytes after step `from` and after the last step of a run of `steps`.
+fn live_bytes_across_training(kind: ModelKind, from: u64, steps: u64) -> (isize, isize) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (mut early, mut late) = (None, None);
+    let mut on_event = |e: TrainEvent| {
+        if let TrainEvent::Step { step, .. } = e {
+            if step == from {
+                early = Some(live_bytes());
+            }
+            if step == steps {
+                late = Some(live_bytes());
+            }
+        }
+    };
+    let config = tiny(kind, steps);
+    train(
+        &synthetic_data(),
+        &config,
+        &out,
+        false,
+        &TrainControl::default(),
+        &mut on_event,
+    )
+    .unwrap();
+    (early.unwrap(), late.unwrap())
+}
+
+/// What a run may keep per step: its loss history entry, with room for the vector's doubling.
+const KEPT_PER_STEP: isize = 64;
+/// Slack for one-off allocations after warm-up (thread-pool and logging state, a checkpoint's
+/// path): a fraction of one step's activations even for this tiny model.
+const SLACK: isize = 64 * 1024;
+
+#[test]
+fn training_keeps_no_memory_from_one_step_to_the_next() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for kind in [ModelKind::Lstm, ModelKind::LstmAttention] {
+        let (from, steps) = (60, 360);
+        let (early, late) = live_bytes_across_training(kind, from, steps);
+        let growth = late - early;
+        let allowed = SLACK + KEPT_PER_STEP * (steps - from) as isize;
+        assert!(
+            growth < allowed,
+            "{kind}: {growth} bytes more in use after step {steps} than after step {from} \
+             ({} per step; allowed {allowed} in all)",
+            growth / (steps - from) as isize
+        );
+    }
+}
+
+#[test]
+fn a_long_take_keeps_only_its_own_events_and_notes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(
+        &varmap,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    let config = ModelConfig {
+        kind: ModelKind::LstmAttention,
+        embed: 8,
+        hidden: 16,
+        layers: 2,
+        window: 4,
+        heads: 2,
+        ..ModelConfig::default()
+    };
+    let model = MusicModel::new(&config, vb).unwrap();
+    let settings = GenerateConfig {
+        max_seconds: 20_000.0,
+        min_seconds: 20_000.0,
+        max_events: 12_000,
+        top_p: None,
+        ..GenerateConfig::default()
+    };
+    let (mut early, mut late, mut count) = (0, 0, 0usize);
+    let takes = generate(
+        &model,
+        None,
+        &settings,
+        &AtomicBool::new(false),
+        &mut |_| {
+            count += 1;
+            if count == 2_000 {
+                early = live_bytes();
+            }
+            if count == 12_000 {
+                late = live_bytes();
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(count, 12_000, "the take ran to its length");
+    let notes = takes[0].performance.len() as isize;
+    // Each event is kept as an id (2 bytes) and each note in the decoder (about 24 bytes); both
+    // vectors may double once more after the first sample.
+    let allowed = SLACK + 3 * (2 * 12_000 + 32 * notes);
+    let growth = late - early;
+    assert!(
+        growth < allowed,
+        "generating events 2,000..12,000 kept {growth} bytes (allowed {allowed} for {notes} notes)"
+    );
+}

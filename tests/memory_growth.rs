@@ -218,3 +218,64 @@ fn a_long_take_keeps_only_its_own_events_and_notes() {
         "generating events 2,000..12,000 kept {growth} bytes (allowed {allowed} for {notes} notes)"
     );
 }
+
+#[test]
+fn the_studios_training_job_keeps_no_memory_from_step_to_step() {
+    use echoai::studio::train_panel::{TrainPanel, TrainSettings};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for name in ["fur-elise.mid", "bethena.mid", "solace.mid"] {
+        std::fs::copy(format!("assets/corpus/piano/{name}"), data.join(name)).unwrap();
+    }
+    let settings = TrainSettings {
+        runs_dir: dir.path().join("runs"),
+        kind: ModelKind::LstmAttention,
+        embed: 8,
+        hidden: 16,
+        layers: 2,
+        window: 4,
+        heads: 2,
+        steps: 360,
+        batch: 2,
+        seq: 16,
+        device: echoai::device::DeviceChoice::Cpu,
+        ..TrainSettings::default()
+    };
+    let mut panel = TrainPanel::new(settings);
+    panel.scan(None, data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while panel.corpus.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the scan finished");
+        panel.poll();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panel.start(None).unwrap();
+    // Both samples are taken while the run is still going: whatever it keeps is freed with it
+    // at the end, so a sample after the run would see nothing.
+    let (from, to) = (60.0, 320.0);
+    let (mut early, mut late) = (None, None);
+    while panel.is_training() {
+        assert!(std::time::Instant::now() < deadline, "the run finished");
+        panel.poll();
+        let step = panel.losses.last().map_or(0.0, |l| l[0]);
+        if early.is_none() && step >= from {
+            early = Some((step, live_bytes()));
+        }
+        if late.is_none() && step >= to {
+            late = Some((step, live_bytes()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let (first, early) = early.expect("a sample after step 60");
+    let (last, late) = late.expect("a sample after step 320, before the end");
+    assert!(last < 360.0, "the second sample was taken during the run");
+    // The panel keeps a [step, loss] point per step for its plot.
+    let allowed = SLACK + (KEPT_PER_STEP + 32) * (last - first) as isize;
+    let growth = late - early;
+    assert!(
+        growth < allowed,
+        "the studio's run kept {growth} bytes between steps {first} and {last} (allowed {allowed})"
+    );
+}

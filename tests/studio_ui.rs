@@ -22,11 +22,17 @@ fn studio(dialogs: &FakeDialogs, out: &FakeOut) -> Studio {
         output: Box::new(out.clone()),
         midi_out: Arc::new(FakeMidiOut::default()),
         midi_in: Box::new(FakeMidiIn::default()),
+        session_root: session_root(),
     };
     let mut settings = StudioSettings::default();
     // No bundled model is assumed: tests pick their own checkpoints.
     settings.generate.checkpoint = None;
     Studio::new(env, settings)
+}
+
+/// A fresh folder for each studio's session takes (kept for the test binary's life).
+fn session_root() -> std::path::PathBuf {
+    tempfile::tempdir().unwrap().keep()
 }
 
 fn harness<'a>(s: Studio) -> Harness<'a, Studio> {
@@ -252,4 +258,103 @@ fn training_from_the_tab_plots_and_leaves_a_checkpoint_for_generate() {
     );
     assert!(s.generate.checkpoints().contains(&run));
     assert_eq!(s.generate.settings.checkpoint.as_ref(), Some(&run));
+}
+
+#[test]
+fn opening_another_file_over_edits_asks_first() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.open_path(Path::new(PIECE)).unwrap();
+    assert!(s.unsaved_work().is_empty(), "a piece just opened is saved");
+    s.doc.select_all();
+    s.doc.delete_selected();
+    let other = Path::new("assets/corpus/piano/fur-elise.mid");
+    let mut h = harness(s);
+    h.run();
+    // Dropped, picked in the library or chosen in the dialog: all ask.
+    dialogs.answer(other);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::O);
+    h.run();
+    assert!(h.state().pending.is_some());
+    assert!(h.query_by_label_contains("unsaved changes").is_some());
+    // The question's own Cancel (the generate panel has one too) is drawn last.
+    h.query_all_by_label("Cancel").last().unwrap().click();
+    h.run();
+    assert!(h.state().pending.is_none());
+    assert!(h.state().doc.is_empty(), "cancel kept the edited piece");
+    dialogs.answer(other);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::O);
+    h.run();
+    h.get_by_label("Discard").click();
+    h.run();
+    assert_eq!(h.state().doc.len(), read_midi(other).unwrap().len());
+}
+
+#[test]
+fn takes_are_kept_as_they_are_made_and_come_back_after_a_crash() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let root = session_root();
+    let env = |dialogs: &FakeDialogs| StudioEnv {
+        dialogs: Box::new(dialogs.clone()),
+        output: Box::new(out.clone()),
+        midi_out: Arc::new(FakeMidiOut::default()),
+        midi_in: Box::new(FakeMidiIn::default()),
+        session_root: root.clone(),
+    };
+    let mut first = Studio::new(env(&dialogs), StudioSettings::default());
+    let take = read_midi(Path::new(PIECE)).unwrap();
+    first
+        .generate
+        .add_restored_take("a take".into(), take.clone());
+    let mut h = harness(first);
+    h.run();
+    // Closing asks, because the take exists only in the session folder.
+    assert!(!h.state_mut().request_close());
+    h.run();
+    assert!(
+        h.query_by_label_contains("take(s) of this session")
+            .is_some()
+    );
+    // The process dies here, unanswered.
+    drop(h);
+
+    let mut second = Studio::new(env(&dialogs), StudioSettings::default());
+    assert_eq!(second.restorable.len(), 1);
+    second.restore_earlier_takes();
+    assert_eq!(second.generate.takes.len(), 1);
+    assert_eq!(second.generate.takes[0].take.performance.len(), take.len());
+    // Discarding on close removes this session's copy: nothing is offered a third time.
+    assert!(!second.request_close());
+    second.answer_unsaved(echoai::studio::unsaved::Choice::Discard, None);
+    assert!(second.request_close());
+    let third = Studio::new(env(&dialogs), StudioSettings::default());
+    assert!(third.restorable.is_empty());
+}
+
+#[test]
+fn a_file_dialog_that_cannot_open_offers_a_typed_path() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut h = harness(studio(&dialogs, &out));
+    h.run();
+    // No scripted answer: the fake returns nothing at once, as rfd does without a portal.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::O);
+    h.run();
+    assert!(h.state().status.text.contains("could not open"));
+    assert!(
+        h.query_by_label("Open MIDI file").is_some(),
+        "the typed-path window is shown"
+    );
+    // A typed path opens the piece.
+    h.get_by_role(egui::accesskit::Role::TextInput)
+        .type_text(PIECE);
+    h.run();
+    h.get_by_label("OK").click();
+    h.run();
+    assert_eq!(
+        h.state().doc.len(),
+        read_midi(Path::new(PIECE)).unwrap().len()
+    );
 }

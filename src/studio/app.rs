@@ -14,8 +14,11 @@ use super::generate_panel::{GenerateEvent, GeneratePanel, GenerateSettings, Prim
 use super::jobs::Job;
 use super::library_panel::LibraryPanel;
 use super::outputs::{AudioOut, MidiPortOut, SynthOut};
+use super::path_entry::{PathEntry, PathPurpose, timed};
 use super::piano_roll::{PianoRoll, RollAction};
+use super::session::TakeStore;
 use super::train_panel::{TrainPanel, TrainPanelEvent, TrainSettings};
+use super::unsaved::{Choice, PendingAction};
 use crate::audio::{PianoSoundFont, render_performance, write_wav};
 use crate::live_midi::{MidiIn, MidiOut, PortChoice};
 use crate::midi::{read_midi_with_tempo, write_midi};
@@ -63,6 +66,8 @@ pub struct StudioEnv {
     pub output: Box<dyn AudioOut>,
     pub midi_out: Arc<dyn MidiOut + Send + Sync>,
     pub midi_in: Box<dyn MidiIn>,
+    /// Where each session keeps its takes as they are made ([`super::session::TakeStore`]).
+    pub session_root: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -94,6 +99,16 @@ pub struct Studio {
     fit_pending: bool,
     export: Option<Job<ExportMsg>>,
     roll_width: f32,
+    takes_store: TakeStore,
+    /// How many of the generate panel's takes have been offered to the store.
+    takes_seen: usize,
+    /// Takes that earlier sessions left behind (they did not close cleanly).
+    pub restorable: Vec<PathBuf>,
+    /// An action waiting on Save / Discard / Cancel.
+    pub pending: Option<PendingAction>,
+    /// The user has answered: the next close request goes through.
+    closing_allowed: bool,
+    path_entry: Option<PathEntry>,
 }
 
 const DEMO_PIECE: &str = "piano/satie-gymnopedie-no1.mid";
@@ -105,6 +120,7 @@ impl Studio {
         if !folders.contains(&demo) {
             folders.insert(0, demo);
         }
+        let env_session_root = env.session_root.clone();
         let mut studio = Studio {
             env,
             doc: Document::default(),
@@ -121,7 +137,14 @@ impl Studio {
             fit_pending: true,
             export: None,
             roll_width: 800.0,
+            takes_store: TakeStore::new(&env_session_root),
+            takes_seen: 0,
+            restorable: Vec::new(),
+            pending: None,
+            closing_allowed: false,
+            path_entry: None,
         };
+        studio.restorable = studio.takes_store.left_by_earlier_sessions();
         studio.env.output.set_volume(studio.volume);
         if let Some(font) = settings.soundfont {
             studio.use_soundfont(&font);
@@ -209,6 +232,7 @@ impl Studio {
         let perf = self.doc.performance();
         match write_midi(&perf, path) {
             Ok(()) => {
+                self.doc.mark_saved();
                 self.say(format!("saved {} notes to {}", perf.len(), path.display()));
                 Ok(())
             }
@@ -374,10 +398,8 @@ impl Studio {
         let shortcut = |m: Modifiers, k: Key| {
             ctx.input_mut(|i| i.consume_shortcut(&KeyboardShortcut::new(m, k)))
         };
-        if shortcut(Modifiers::COMMAND, Key::O)
-            && let Some(p) = self.env.dialogs.open_midi()
-        {
-            let _ = self.open_path(&p);
+        if shortcut(Modifiers::COMMAND, Key::O) {
+            self.open_dialog();
         }
         if shortcut(Modifiers::COMMAND, Key::S) {
             self.save_dialog();
@@ -418,22 +440,225 @@ impl Studio {
         }
     }
 
+    fn open_dialog(&mut self) {
+        let (answer, failed) = timed(|| self.env.dialogs.open_midi());
+        match answer {
+            Some(p) => self.request_open(p),
+            None if failed => self.offer_path_entry(PathPurpose::OpenMidi),
+            None => {}
+        }
+    }
+
     fn save_dialog(&mut self) {
-        if let Some(p) = self
-            .env
-            .dialogs
-            .save_midi(&suggested_file_name(&self.doc.name, "mid"))
-        {
-            let _ = self.save_to(&p);
+        let name = suggested_file_name(&self.doc.name, "mid");
+        let (answer, failed) = timed(|| self.env.dialogs.save_midi(&name));
+        match answer {
+            Some(p) => {
+                let _ = self.save_to(&p);
+            }
+            None if failed => self.offer_path_entry(PathPurpose::SaveMidi),
+            None => {}
+        }
+    }
+
+    fn export_dialog(&mut self, ctx: Option<egui::Context>) {
+        let name = suggested_file_name(&self.doc.name, "wav");
+        let (answer, failed) = timed(|| self.env.dialogs.save_wav(&name));
+        match answer {
+            Some(p) => self.export_wav(ctx, p),
+            None if failed => self.offer_path_entry(PathPurpose::ExportWav),
+            None => {}
+        }
+    }
+
+    fn offer_path_entry(&mut self, purpose: PathPurpose) {
+        self.fail(
+            "the system file dialog could not open (is xdg-desktop-portal running?): type a path instead",
+        );
+        self.path_entry = Some(PathEntry {
+            purpose,
+            text: String::new(),
+            focused: false,
+        });
+    }
+
+    /// Folders of recently opened files, for the typed-path window.
+    fn recent_folders(&self) -> Vec<PathBuf> {
+        let mut folders: Vec<PathBuf> = Vec::new();
+        for file in &self.recent_files {
+            if let Some(parent) = file.parent()
+                && !folders.iter().any(|f| f == parent)
+            {
+                folders.push(parent.to_path_buf());
+            }
+        }
+        folders.truncate(5);
+        folders
+    }
+
+    fn path_entry_ui(&mut self, ui: &Ui) {
+        let folders = self.recent_folders();
+        let Some(entry) = &mut self.path_entry else {
+            return;
+        };
+        let Some(answer) = super::path_entry::ui(ui, entry, &folders) else {
+            return;
+        };
+        let purpose = entry.purpose;
+        self.path_entry = None;
+        if let Some(path) = answer {
+            match purpose {
+                PathPurpose::OpenMidi => self.request_open(path),
+                PathPurpose::SaveMidi => {
+                    let _ = self.save_to(&path);
+                }
+                PathPurpose::ExportWav => self.export_wav(Some(ui.ctx().clone()), path),
+            }
+        }
+    }
+
+    /// What closing now would lose, one line each (empty: nothing).
+    pub fn unsaved_work(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.doc.is_modified() {
+            lines.push(format!("\"{}\" has unsaved changes", self.doc.name));
+        }
+        let takes = self.takes_store.kept();
+        if takes > 0 {
+            lines.push(format!(
+                "{takes} take(s) of this session are not saved as files; they stay in the session folder (and come back at the next start) unless you discard them"
+            ));
+        }
+        lines
+    }
+
+    /// Opens `path`, first asking about unsaved edits of the piece on the roll.
+    pub fn request_open(&mut self, path: PathBuf) {
+        if self.doc.is_modified() {
+            self.pending = Some(PendingAction::Open(path));
+        } else {
+            let _ = self.open_path(&path);
+        }
+    }
+
+    /// The window asks to close: true lets it, false means the user is being asked first.
+    pub fn request_close(&mut self) -> bool {
+        if self.closing_allowed {
+            return true;
+        }
+        if self.unsaved_work().is_empty() {
+            self.takes_store.discard_own();
+            return true;
+        }
+        self.pending = Some(PendingAction::Close);
+        false
+    }
+
+    /// Acts on the answer to the unsaved-work question.
+    pub fn answer_unsaved(&mut self, choice: Choice, ctx: Option<&egui::Context>) {
+        let Some(action) = self.pending.take() else {
+            return;
+        };
+        match choice {
+            Choice::Cancel => return,
+            Choice::Save => {
+                self.save_dialog();
+                if self.doc.is_modified() {
+                    // Not saved (cancelled, or failed with a message): ask again.
+                    self.pending = Some(action);
+                    return;
+                }
+            }
+            Choice::Discard => {
+                if action == PendingAction::Close {
+                    self.takes_store.discard_own();
+                }
+            }
+        }
+        match action {
+            PendingAction::Open(path) => {
+                let _ = self.open_path(&path);
+            }
+            PendingAction::Close => {
+                self.closing_allowed = true;
+                if let Some(ctx) = ctx {
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            }
+        }
+    }
+
+    /// Brings back the takes of earlier sessions into the take list (and this session's store).
+    pub fn restore_earlier_takes(&mut self) {
+        let (restored, problems) = self.takes_store.restore_earlier();
+        let count = restored.len();
+        for (from, perf) in restored {
+            self.generate.add_restored_take(from, perf);
+        }
+        self.keep_new_takes();
+        if self.takes_store.kept() >= count {
+            self.takes_store.discard_earlier();
+        }
+        self.restorable.clear();
+        match problems.first() {
+            Some(p) => self.fail(format!(
+                "restored {count} take(s); some could not be read: {p}"
+            )),
+            None => self.say(format!("restored {count} take(s) from the last session")),
+        }
+    }
+
+    pub fn discard_earlier_takes(&mut self) {
+        self.takes_store.discard_earlier();
+        self.restorable.clear();
+        self.say("discarded the takes of the last session");
+    }
+
+    /// Writes every take not yet kept into this session's folder.
+    fn keep_new_takes(&mut self) {
+        while self.takes_seen < self.generate.takes.len() {
+            let perf = self.generate.takes[self.takes_seen]
+                .take
+                .performance
+                .clone();
+            self.takes_seen += 1;
+            if let Err(e) = self.takes_store.keep(&perf) {
+                self.fail(e);
+            }
+        }
+    }
+
+    fn restore_prompt_ui(&mut self, ui: &Ui) {
+        if self.restorable.is_empty() || self.pending.is_some() {
+            return;
+        }
+        let count = self.restorable.len();
+        let mut answer = None;
+        egui::Modal::new(egui::Id::unique("restore-takes")).show(ui.ctx(), |ui| {
+            ui.heading("Restore takes?");
+            ui.label(format!(
+                "The last session did not close cleanly. It left {count} take(s)."
+            ));
+            ui.horizontal(|ui| {
+                if ui.button("Restore").clicked() {
+                    answer = Some(true);
+                }
+                if ui.button("Discard").clicked() {
+                    answer = Some(false);
+                }
+            });
+        });
+        match answer {
+            Some(true) => self.restore_earlier_takes(),
+            Some(false) => self.discard_earlier_takes(),
+            None => {}
         }
     }
 
     fn toolbar(&mut self, ui: &mut Ui) {
         ui.horizontal_wrapped(|ui| {
-            if ui.button("Open MIDI").on_hover_text("Ctrl+O").clicked()
-                && let Some(p) = self.env.dialogs.open_midi()
-            {
-                let _ = self.open_path(&p);
+            if ui.button("Open MIDI").on_hover_text("Ctrl+O").clicked() {
+                self.open_dialog();
             }
             if ui
                 .add_enabled(!self.doc.is_empty(), egui::Button::new("Save MIDI"))
@@ -448,12 +673,8 @@ impl Studio {
                     egui::Button::new("Export WAV"),
                 )
                 .clicked()
-                && let Some(p) = self
-                    .env
-                    .dialogs
-                    .save_wav(&suggested_file_name(&self.doc.name, "wav"))
             {
-                self.export_wav(Some(ui.ctx().clone()), p);
+                self.export_dialog(Some(ui.ctx().clone()));
             }
             ui.separator();
             let playing = self.env.output.is_playing();
@@ -574,6 +795,18 @@ impl Studio {
         self.handle_generate_events(events);
         let events = self.train.poll();
         self.handle_train_events(events);
+        self.keep_new_takes();
+        if ctx.input(|i| i.viewport().close_requested()) && !self.request_close() {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+        }
+        if let Some(action) = self.pending.clone() {
+            let unsaved = self.unsaved_work();
+            if let Some(choice) = super::unsaved::ask(ui, &action, &unsaved) {
+                self.answer_unsaved(choice, Some(&ctx));
+            }
+        }
+        self.restore_prompt_ui(ui);
+        self.path_entry_ui(ui);
         if let Some(job) = &mut self.export {
             let messages = job.poll();
             let finished = job.is_finished();
@@ -601,8 +834,8 @@ impl Studio {
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         });
-        if let Some(p) = dropped.first() {
-            let _ = self.open_path(p);
+        if let Some(p) = dropped.into_iter().next() {
+            self.request_open(p);
         }
         self.shortcuts(ui);
 
@@ -640,7 +873,7 @@ impl Studio {
                         }
                         Tab::Library => {
                             if let Some(p) = self.library.ui(ui, self.env.dialogs.as_ref()) {
-                                let _ = self.open_path(&p);
+                                self.request_open(p);
                             }
                         }
                     });

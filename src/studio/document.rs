@@ -34,6 +34,8 @@ pub struct Document {
     undo: Vec<Vec<RollNote>>,
     /// Bumped on every change, so the player knows to reload.
     revision: u64,
+    /// The revision last saved, opened or generated: edits since then are unsaved.
+    clean_revision: u64,
     /// The longest note, so the roll can find every note that overlaps a time window.
     longest: f64,
 }
@@ -54,7 +56,18 @@ impl Document {
                 })
                 .collect(),
         );
+        doc.clean_revision = doc.revision;
         doc
+    }
+
+    /// Whether the notes changed since the piece was opened, generated or saved.
+    pub fn is_modified(&self) -> bool {
+        self.revision != self.clean_revision
+    }
+
+    /// The piece as it is now has been saved.
+    pub fn mark_saved(&mut self) {
+        self.clean_revision = self.revision;
     }
 
     /// A take: notes before `primer_seconds` are the primer's.
@@ -65,6 +78,7 @@ impl Document {
                 n.origin = NoteOrigin::Primer;
             }
         }
+        doc.clean_revision = doc.revision;
         doc
     }
 

@@ -620,6 +620,23 @@ impl GeneratePanel {
         Ok(primer.unwrap_or_default())
     }
 
+    /// Adds a take kept by an earlier session (read back from `from`).
+    pub fn add_restored_take(&mut self, from: String, performance: Performance) {
+        let n = self.takes.len() + 1;
+        self.takes.push(TakeEntry {
+            name: format!("Take {n} (restored)"),
+            model: "an earlier session".into(),
+            settings: from,
+            seed: 0,
+            take: Take {
+                events: crate::tokenizer::encode(&performance),
+                performance,
+                primer_seconds: 0.0,
+                ended_by_model: false,
+            },
+        });
+    }
+
     /// Collects the job's messages; call every frame.
     pub fn poll(&mut self) -> Vec<GenerateEvent> {
         let mut events = Vec::new();

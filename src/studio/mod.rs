@@ -8,8 +8,11 @@ pub mod generate_panel;
 mod jobs;
 pub mod library_panel;
 pub mod outputs;
+mod path_entry;
 pub mod piano_roll;
+pub mod session;
 pub mod train_panel;
+pub mod unsaved;
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ pub fn system_env() -> StudioEnv {
         output: Box::new(outputs::SynthOut::new(PianoSoundFont::builtin())),
         midi_out: Arc::new(MidirOut),
         midi_in: Box::new(MidirIn),
+        session_root: session::default_session_root(),
     }
 }
 

@@ -113,14 +113,14 @@ fn collect_notes(
     let mut last_time = offset;
     for (i, event) in events.iter().enumerate() {
         let time = offset + map.seconds(event.tick);
-        if !(time <= MAX_PIECE_SECONDS) {
+        if past_the_bound(time) {
             // An onset past the bound means a corrupt file; releases past it are clipped there,
             // because every key still down is ended at the bound below.
             if let Some(late) = events[i..]
                 .iter()
                 .filter(|e| is_onset(&e.kind))
                 .map(|e| offset + map.seconds(e.tick))
-                .find(|&t| !(t <= MAX_PIECE_SECONDS))
+                .find(|&t| past_the_bound(t))
             {
                 return Err(MidiErrorKind::TooLong {
                     seconds: late,
@@ -138,6 +138,11 @@ fn collect_notes(
     }
     notes.extend(tracker.finish(last_time));
     Ok(last_time)
+}
+
+/// NaN counts as past: a time that is not a number bounds nothing.
+fn past_the_bound(seconds: f64) -> bool {
+    seconds.is_nan() || seconds > MAX_PIECE_SECONDS
 }
 
 fn is_onset(kind: &TrackEventKind) -> bool {

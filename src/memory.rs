@@ -11,9 +11,18 @@ pub fn resident_bytes() -> Option<u64> {
     status_field("VmRSS:")
 }
 
+/// The machine's memory (`MemTotal`) in bytes, where the system reports it (Linux).
+pub fn total_memory_bytes() -> Option<u64> {
+    kib_field("/proc/meminfo", "MemTotal:")
+}
+
 /// A `kB` line of `/proc/self/status`.
 fn status_field(name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    kib_field("/proc/self/status", name)
+}
+
+fn kib_field(file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
     let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line[name.len()..]
         .trim()

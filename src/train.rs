@@ -131,6 +131,44 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// About how much memory a step needs: activations kept for the backward pass, their
+    /// gradients, and four copies of the weights (weights, gradients, two AdamW moments).
+    pub fn estimated_memory_bytes(&self) -> u64 {
+        let m = &self.model;
+        let (h, v) = (m.hidden as u64, m.vocab_size as u64);
+        let layers: u64 = (0..m.layers as u64)
+            .map(|l| 12 * h + if l == 0 { 0 } else { h })
+            .sum();
+        let attention = match m.kind {
+            crate::model::ModelKind::Lstm => 0,
+            crate::model::ModelKind::LstmAttention => 8 * h + (m.heads * m.window) as u64,
+        };
+        let per_token_floats = layers + attention + 2 * v;
+        let tokens = (self.batch * self.seq_len) as u64;
+        4 * (tokens.saturating_mul(per_token_floats) + 4 * m.parameter_count() as u64)
+    }
+
+    /// Refuses a run that cannot fit in this machine's memory, before it starts.
+    pub fn check_fits_in_memory(&self) -> Result<(), String> {
+        let (Some(total), need) = (
+            crate::memory::total_memory_bytes(),
+            self.estimated_memory_bytes(),
+        ) else {
+            return Ok(());
+        };
+        if need > total {
+            return Err(format!(
+                "this run needs about {} of memory (batch {} x seq {} at hidden {}), and this machine has {}: lower --batch, --seq or --hidden",
+                crate::memory::format_bytes(need),
+                self.batch,
+                self.seq_len,
+                self.model.hidden,
+                crate::memory::format_bytes(total)
+            ));
+        }
+        Ok(())
+    }
+
     /// The learning rate before update number `step` (0-based).
     pub fn lr_at(&self, step: u64) -> f64 {
         let warmup = self.warmup.min(self.steps.saturating_sub(1));
@@ -522,6 +560,7 @@ fn open_session(
     resume: bool,
 ) -> Result<(Session, Vec<String>), TrainError> {
     config.validate().map_err(TrainError::Setup)?;
+    config.check_fits_in_memory().map_err(TrainError::Setup)?;
     crate::run_folder::check_out_folder(out, resume).map_err(TrainError::Setup)?;
     let device = config.device.open().map_err(TrainError::Setup)?;
     let mut changes = Vec::new();

@@ -537,3 +537,38 @@ fn banded_attention_matches_the_masked_reference_with_every_gradient() {
         }
     }
 }
+
+#[test]
+fn the_shapes_a_checkpoint_is_checked_against_are_the_models_own() {
+    for kind in [ModelKind::Lstm, ModelKind::LstmAttention] {
+        let config = ModelConfig {
+            kind,
+            embed: 12,
+            hidden: 20,
+            layers: 3,
+            window: 5,
+            heads: 4,
+            ..ModelConfig::default()
+        };
+        let (varmap, _) = fresh_model(&config);
+        let mut built: Vec<(String, Vec<usize>)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.dims().to_vec()))
+            .collect();
+        built.sort();
+        assert_eq!(config.parameter_shapes(), built, "{kind}");
+        let count: usize = built.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(config.parameter_count(), count);
+    }
+    // Sizes each within range can still ask for too many weights together.
+    let huge = ModelConfig {
+        hidden: 8192,
+        layers: 16,
+        ..ModelConfig::default()
+    };
+    let err = huge.validate().unwrap_err();
+    assert!(err.contains("weights"), "{err}");
+}

@@ -99,6 +99,12 @@ fn every_numeric_setting_is_range_checked_with_its_name() {
         );
         assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
     }
+    // Each size within range, together far past this machine's memory: refused up front.
+    let message = failure_message(&[
+        "train", "--data", DATA, "--out", out, "--model", "lstm", "--hidden", "4096", "--batch",
+        "512", "--seq", "2048",
+    ]);
+    assert!(message.contains("of memory"), "{message}");
     assert!(!Path::new(out).exists(), "nothing was written");
 
     let eval = failure_message(&[

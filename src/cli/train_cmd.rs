@@ -134,6 +134,7 @@ impl TrainArgs {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+        config.check_fits_in_memory().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }

@@ -381,20 +381,10 @@ fn read_meta_only(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     Ok(meta)
 }
 
-/// The parameter names and shapes a config needs, from a model built on the CPU.
+/// The parameter names and shapes a config needs (from the sizes alone, no allocation).
 pub fn expected_shapes(config: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>, CheckpointError> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    MusicModel::new(config, vb).map_err(|e| CheckpointError::Model(e.to_string()))?;
-    let mut shapes: Vec<(String, Vec<usize>)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| CheckpointError::Model("poisoned variable map".into()))?
-        .iter()
-        .map(|(name, var)| (name.clone(), var.dims().to_vec()))
-        .collect();
-    shapes.sort();
-    Ok(shapes)
+    config.validate().map_err(CheckpointError::Model)?;
+    Ok(config.parameter_shapes())
 }
 
 /// Reads `model.safetensors` as f32 tensors on `device` and checks every name and shape.

@@ -75,7 +75,50 @@ pub const MAX_DROPOUT: f64 = 0.95;
 pub const MAX_WINDOW: usize = 4096;
 pub const MAX_HEADS: usize = 64;
 
+/// Weights a model may have: 1 GB as f32, about 200 times the default model. A hand-edited
+/// `config.json` asking for more is refused before anything is allocated.
+pub const MAX_PARAMETERS: usize = 256 * 1024 * 1024;
+
 impl ModelConfig {
+    /// Every weight's name and shape, as `model.safetensors` holds them (PyTorch's names),
+    /// computed from the sizes alone: loading checks a file against this without building a
+    /// model first.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (v, e, h) = (self.vocab_size, self.embed, self.hidden);
+        let mut shapes = vec![("embedding.weight".to_string(), vec![v, e])];
+        for l in 0..self.layers {
+            let input = if l == 0 { e } else { h };
+            shapes.push((format!("lstm.weight_ih_l{l}"), vec![4 * h, input]));
+            shapes.push((format!("lstm.weight_hh_l{l}"), vec![4 * h, h]));
+            shapes.push((format!("lstm.bias_ih_l{l}"), vec![4 * h]));
+            shapes.push((format!("lstm.bias_hh_l{l}"), vec![4 * h]));
+        }
+        if self.kind == ModelKind::LstmAttention {
+            let a = |name: &str, shape: Vec<usize>| (format!("attention.{name}"), shape);
+            shapes.extend([
+                a("qkv.weight", vec![3 * h, h]),
+                a("qkv.bias", vec![3 * h]),
+                a("out.weight", vec![h, h]),
+                a("out.bias", vec![h]),
+                a("rel_bias", vec![self.heads, self.window]),
+                a("norm.weight", vec![h]),
+                a("norm.bias", vec![h]),
+            ]);
+        }
+        shapes.push(("output.weight".to_string(), vec![v, h]));
+        shapes.push(("output.bias".to_string(), vec![v]));
+        shapes.sort();
+        shapes
+    }
+
+    /// How many weights the model has (saturating: a hostile size cannot overflow it).
+    pub fn parameter_count(&self) -> usize {
+        self.parameter_shapes()
+            .iter()
+            .map(|(_, shape)| shape.iter().fold(1usize, |n, &d| n.saturating_mul(d)))
+            .fold(0usize, usize::saturating_add)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads.max(1)
     }
@@ -101,6 +144,12 @@ impl ModelConfig {
                     self.hidden, self.heads
                 ));
             }
+        }
+        let parameters = self.parameter_count();
+        if parameters > MAX_PARAMETERS {
+            return Err(format!(
+                "these sizes make {parameters} weights, more than the {MAX_PARAMETERS} a model may have: use a smaller hidden, embed or layers"
+            ));
         }
         Ok(())
     }

@@ -267,7 +267,9 @@ struct Timed {
     velocity: u8,
 }
 
-enum Command {
+/// A transport command.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Command {
     Play,
     Pause,
     Seek(f64),
@@ -285,33 +287,12 @@ pub struct MidiScheduler {
 
 impl MidiScheduler {
     pub fn new(perf: &Performance, sender: Box<dyn MidiSender>) -> MidiScheduler {
-        let mut events: Vec<Timed> = perf
-            .notes
-            .iter()
-            .flat_map(|n| {
-                [
-                    Timed {
-                        seconds: n.start,
-                        on: true,
-                        pitch: n.pitch.min(127),
-                        velocity: n.velocity.clamp(1, 127),
-                    },
-                    Timed {
-                        seconds: n.end,
-                        on: false,
-                        pitch: n.pitch.min(127),
-                        velocity: 0,
-                    },
-                ]
-            })
-            .collect();
-        events.sort_by(|a, b| a.seconds.total_cmp(&b.seconds).then(a.on.cmp(&b.on)));
         let (tx, rx) = mpsc::channel();
         let position = Arc::new(std::sync::atomic::AtomicU64::new(0f64.to_bits()));
-        let shared_position = position.clone();
+        let schedule = Schedule::new(timed_events(perf), sender, position.clone());
         let thread = std::thread::Builder::new()
             .name("midi-scheduler".into())
-            .spawn(move || run_scheduler(events, sender, rx, shared_position))
+            .spawn(move || run_scheduler(schedule, rx))
             .ok();
         MidiScheduler {
             commands: Some(tx),
@@ -385,91 +366,180 @@ impl PortState {
     }
 }
 
-fn run_scheduler(
+/// The scheduler's decisions, apart from any clock: what to send at a given time, what a
+/// command does, and when the next event is due. `now` is time on some monotonic clock (the
+/// thread's real one, or a test's fake one), as a duration since that clock's start.
+pub struct Schedule {
     events: Vec<Timed>,
-    sender: Box<dyn MidiSender>,
-    commands: Receiver<Command>,
+    port: PortState,
+    next: usize,
+    paused_at: f64,
+    /// While playing: the clock time that corresponds to time 0 of the piece.
+    origin: Option<Duration>,
     position: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut port = PortState {
-        sender,
-        sounding: [false; 128],
-    };
-    let mut next = 0usize;
-    let mut paused_at = 0.0f64;
-    // While playing: the instant that corresponds to time 0 of the piece.
-    let mut origin: Option<Instant> = None;
-    let store =
-        |seconds: f64| position.store(seconds.to_bits(), std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Schedule {
+    fn new(
+        events: Vec<Timed>,
+        sender: Box<dyn MidiSender>,
+        position: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Schedule {
+        Schedule {
+            events,
+            port: PortState {
+                sender,
+                sounding: [false; 128],
+            },
+            next: 0,
+            paused_at: 0.0,
+            origin: None,
+            position,
+        }
+    }
+
+    /// A schedule for `perf` on `sender`, for driving by hand (tests with a fake clock).
+    pub fn for_performance(perf: &Performance, sender: Box<dyn MidiSender>) -> Schedule {
+        let position = Arc::new(std::sync::atomic::AtomicU64::new(0f64.to_bits()));
+        Schedule::new(timed_events(perf), sender, position)
+    }
+
+    fn store(&self, seconds: f64) {
+        self.position
+            .store(seconds.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds into the piece.
+    pub fn position(&self) -> f64 {
+        f64::from_bits(self.position.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sends every event due by `now`; at the end of the piece, silences the port and stops.
+    pub fn send_due(&mut self, now: Duration) {
+        let Some(start) = self.origin else {
+            return;
+        };
+        while let Some(event) = self.events.get(self.next) {
+            if start + Duration::from_secs_f64(event.seconds.max(0.0)) > now {
+                return;
+            }
+            self.port.send_event(event);
+            self.store(event.seconds);
+            self.next += 1;
+        }
+        // The piece is over: silence and wait at the end.
+        self.port.all_notes_off();
+        self.paused_at = now.saturating_sub(start).as_secs_f64();
+        self.origin = None;
+    }
+
+    /// When the next event is due on the clock, while playing.
+    pub fn next_due(&self) -> Option<Duration> {
+        let start = self.origin?;
+        let event = self.events.get(self.next)?;
+        Some(start + Duration::from_secs_f64(event.seconds.max(0.0)))
+    }
+
+    pub fn is_playing(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// Applies a transport command at clock time `now`.
+    pub fn apply(&mut self, command: Command, now: Duration) {
+        let at = |seconds: f64| now.saturating_sub(Duration::from_secs_f64(seconds));
+        match command {
+            Command::Play => {
+                if self.origin.is_none() {
+                    if self.next >= self.events.len() {
+                        self.next = 0;
+                        self.paused_at = 0.0;
+                    }
+                    self.origin = Some(at(self.paused_at));
+                }
+            }
+            Command::Pause => {
+                if let Some(start) = self.origin.take() {
+                    self.paused_at = now.saturating_sub(start).as_secs_f64();
+                    self.store(self.paused_at);
+                }
+                self.port.all_notes_off();
+            }
+            Command::Seek(seconds) => {
+                self.port.all_notes_off();
+                let seconds = if seconds.is_finite() {
+                    seconds.max(0.0)
+                } else {
+                    0.0
+                };
+                self.next = self.events.partition_point(|e| e.seconds < seconds);
+                self.paused_at = seconds;
+                self.store(seconds);
+                if self.origin.is_some() {
+                    self.origin = Some(at(seconds));
+                }
+            }
+            Command::Stop => {
+                self.port.all_notes_off();
+                self.origin = None;
+                self.next = 0;
+                self.paused_at = 0.0;
+                self.store(0.0);
+            }
+        }
+    }
+
+    /// Silences the port (the scheduler is going away).
+    pub fn finish(&mut self) {
+        self.port.all_notes_off();
+    }
+}
+
+/// Note-ons and note-offs in time order, releases before onsets at one time.
+fn timed_events(perf: &Performance) -> Vec<Timed> {
+    let mut events: Vec<Timed> = perf
+        .notes
+        .iter()
+        .flat_map(|n| {
+            [
+                Timed {
+                    seconds: n.start,
+                    on: true,
+                    pitch: n.pitch.min(127),
+                    velocity: n.velocity.clamp(1, 127),
+                },
+                Timed {
+                    seconds: n.end,
+                    on: false,
+                    pitch: n.pitch.min(127),
+                    velocity: 0,
+                },
+            ]
+        })
+        .collect();
+    events.sort_by(|a, b| a.seconds.total_cmp(&b.seconds).then(a.on.cmp(&b.on)));
+    events
+}
+
+/// The scheduler thread: the real clock, waiting on commands until the next event is due.
+fn run_scheduler(mut schedule: Schedule, commands: Receiver<Command>) {
+    let clock = Instant::now();
     loop {
-        let command = match (origin, events.get(next)) {
-            (Some(start), Some(event)) => {
-                let due = start + Duration::from_secs_f64(event.seconds.max(0.0));
-                let now = Instant::now();
-                if due <= now {
-                    port.send_event(event);
-                    store(event.seconds);
-                    next += 1;
-                    continue;
-                }
-                match commands.recv_timeout(due - now) {
-                    Ok(c) => c,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            (Some(start), None) => {
-                // The piece is over: silence and wait at the end.
-                port.all_notes_off();
-                paused_at = start.elapsed().as_secs_f64();
-                origin = None;
-                match commands.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                }
-            }
-            (None, _) => match commands.recv() {
+        let now = clock.elapsed();
+        schedule.send_due(now);
+        let command = match schedule.next_due() {
+            Some(due) => match commands.recv_timeout(due.saturating_sub(clock.elapsed())) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match commands.recv() {
                 Ok(c) => c,
                 Err(_) => break,
             },
         };
-        match command {
-            Command::Play => {
-                if origin.is_none() {
-                    if next >= events.len() {
-                        next = 0;
-                        paused_at = 0.0;
-                    }
-                    origin = Some(Instant::now() - Duration::from_secs_f64(paused_at));
-                }
-            }
-            Command::Pause => {
-                if let Some(start) = origin.take() {
-                    paused_at = start.elapsed().as_secs_f64();
-                    store(paused_at);
-                }
-                port.all_notes_off();
-            }
-            Command::Seek(seconds) => {
-                port.all_notes_off();
-                let seconds = seconds.max(0.0);
-                next = events.partition_point(|e| e.seconds < seconds);
-                paused_at = seconds;
-                store(seconds);
-                if origin.is_some() {
-                    origin = Some(Instant::now() - Duration::from_secs_f64(seconds));
-                }
-            }
-            Command::Stop => {
-                port.all_notes_off();
-                origin = None;
-                next = 0;
-                paused_at = 0.0;
-                store(0.0);
-            }
-        }
+        schedule.apply(command, clock.elapsed());
     }
-    port.all_notes_off();
+    schedule.finish();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -148,3 +148,124 @@ fn bad_arguments_are_clear_errors() {
         assert!(failure_message(&args).contains("--features cuda"));
     }
 }
+
+/// Every tensor of a checkpoint file, as bits, sorted by name.
+fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)> {
+    let tensors =
+        candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu).unwrap();
+    let mut all: Vec<(String, Vec<u32>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (name, values.iter().map(|v| v.to_bits()).collect())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// (step, loss bits) of every step event in `--json` output.
+fn losses(lines: &[String]) -> Vec<(u64, u64)> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &std::path::Path| {
+        let mut a: Vec<String> = [
+            "train",
+            "--data",
+            "assets/corpus/piano",
+            "--model",
+            "lstm-attention",
+            "--steps",
+            "40",
+            "--validate-every",
+            "10",
+            "--json",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(out.display().to_string());
+        a.extend(TINY.iter().map(|s| s.to_string()));
+        a
+    };
+    let whole = dir.path().join("whole");
+    let uninterrupted = bin().args(args(&whole)).output().unwrap();
+    assert!(uninterrupted.status.success());
+    let whole_lines: Vec<String> = String::from_utf8_lossy(&uninterrupted.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+
+    let split = dir.path().join("split");
+    let mut child = bin()
+        .args(args(&split))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first_lines = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let stepped = line.contains("\"event\":\"step\"") && line.contains("\"step\":5,");
+        first_lines.push(line);
+        if stepped {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    first_lines.extend(lines.map_while(Result::ok));
+    assert!(child.wait().unwrap().success());
+    let stopped_at = losses(&first_lines).last().unwrap().0;
+    assert!(
+        stopped_at < 40,
+        "the run stopped early, at step {stopped_at}"
+    );
+
+    let mut resume = args(&split);
+    resume.push("--resume".into());
+    let resumed = bin().args(&resume).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let resumed_lines: Vec<String> = String::from_utf8_lossy(&resumed.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let expected: Vec<_> = losses(&whole_lines)
+        .into_iter()
+        .filter(|(s, _)| *s > stopped_at)
+        .collect();
+    assert_eq!(
+        losses(&resumed_lines),
+        expected,
+        "losses after step {stopped_at}"
+    );
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            tensor_bits(&whole, file) == tensor_bits(&split, file),
+            "{file} differs after a Ctrl-C at step {stopped_at} and a resume"
+        );
+    }
+}

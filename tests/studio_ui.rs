@@ -12,7 +12,7 @@ use echoai::studio::outputs::FakeOut;
 use echoai::studio::{Studio, StudioEnv, StudioSettings};
 use egui::{Key, Modifiers};
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 
 const PIECE: &str = "assets/corpus/piano/satie-gymnopedie-no1.mid";
 
@@ -93,7 +93,11 @@ fn opening_a_file_puts_its_notes_on_the_roll() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.mid");
     std::fs::write(&bad, b"nonsense").unwrap();
-    assert!(h.state_mut().open_path(&bad).is_err());
+    let err = h.state_mut().open_path(&bad).unwrap_err();
+    assert!(
+        err.contains("bad.mid") && err.contains("not a valid"),
+        "{err}"
+    );
     h.run();
     assert!(h.state().status.is_error);
     assert_eq!(h.state().doc.len(), expected);
@@ -357,4 +361,131 @@ fn a_file_dialog_that_cannot_open_offers_a_typed_path() {
         h.state().doc.len(),
         read_midi(Path::new(PIECE)).unwrap().len()
     );
+}
+
+#[test]
+fn the_library_searches_and_a_double_click_opens() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.tab = echoai::studio::Tab::Library;
+    let mut h = harness(s);
+    h.run();
+    let total = h.query_all_by_label_contains(".mid").count();
+    h.get_by_role(egui::accesskit::Role::TextInput).focus();
+    h.run();
+    h.get_by_role(egui::accesskit::Role::TextInput)
+        .type_text("fur-elise");
+    h.run();
+    let shown: Vec<String> = h
+        .query_all_by_label_contains(".mid")
+        .map(|n| n.accesskit_node().label().unwrap_or_default())
+        .collect();
+    assert!(
+        shown.len() < total,
+        "the search narrows {total} entries: {shown:?}"
+    );
+    assert!(shown.iter().all(|l| l.contains("fur-elise")), "{shown:?}");
+    // One pointer click does not open (that takes a double click)...
+    h.get_by_label("piano/fur-elise.mid").click();
+    h.run();
+    assert!(h.state().doc.is_empty(), "a single click only points");
+    // ...activating the entry does (Enter on it, or a screen reader's click).
+    h.get_by_label("piano/fur-elise.mid").click_accesskit();
+    h.run();
+    let expected = read_midi(Path::new("assets/corpus/piano/fur-elise.mid"))
+        .unwrap()
+        .len();
+    assert_eq!(h.state().doc.len(), expected);
+    assert!(h.state().status.text.contains("fur-elise"));
+}
+
+#[test]
+fn a_bundled_model_chosen_in_the_picker_generates() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.generate.settings.seconds = 2.0;
+    let mut h = harness(s);
+    h.run();
+    // A first start selects the bundled attention model; the user picks the plain LSTM.
+    let first = h.state().generate.settings.checkpoint.clone().unwrap();
+    assert!(
+        first.ends_with("assets/models/lstm-attention"),
+        "{}",
+        first.display()
+    );
+    h.get_by_label("Model").click();
+    h.run();
+    h.query_all_by_label_contains("lstm (lstm, step")
+        .next()
+        .expect("the bundled lstm model is offered")
+        .click();
+    h.run();
+    let chosen = h.state().generate.settings.checkpoint.clone().unwrap();
+    assert!(
+        chosen.ends_with("assets/models/lstm"),
+        "{}",
+        chosen.display()
+    );
+    h.get_by_label("Generate  (Ctrl+G)").click();
+    h.step();
+    step_until(&mut h, 60, |s| !s.generate.is_generating());
+    assert_eq!(h.state().generate.takes.len(), 1, "{:?}", h.state().status);
+}
+
+#[test]
+fn pause_holds_training_and_checkpoint_now_writes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for name in ["fur-elise.mid", "bwv-850.mid", "solace.mid", "bethena.mid"] {
+        std::fs::copy(Path::new("assets/corpus/piano").join(name), data.join(name)).unwrap();
+    }
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.tab = echoai::studio::Tab::Train;
+    let t = &mut s.train.settings;
+    t.runs_dir = dir.path().join("runs");
+    (t.embed, t.hidden, t.layers, t.steps, t.batch, t.seq) = (8, 16, 1, 100_000, 2, 16);
+    let mut h = harness(s);
+    h.run();
+    dialogs.answer(&data);
+    h.get_by_label("Choose folder…").click();
+    h.step();
+    step_until(&mut h, 30, |s| s.train.corpus.is_some());
+    h.get_by_label("Start training").click();
+    h.step();
+    step_until(&mut h, 60, |s| s.train.losses.len() >= 2);
+    h.get_by_label("Pause training").click();
+    h.step();
+    // The button turns into "Resume training" once the run reports the pause.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.query_by_label("Resume training").is_none() {
+        assert!(Instant::now() < deadline, "the run paused");
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let held = h.state().train.losses.len();
+    for _ in 0..20 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.state().train.losses.len(), held, "no step while paused");
+    let run = h.state().train.settings.out_dir.clone().unwrap();
+    assert!(!echoai::model::checkpoint::is_checkpoint(&run));
+    h.get_by_label("Checkpoint now").click();
+    h.step();
+    step_until(&mut h, 30, |_| {
+        echoai::model::checkpoint::is_checkpoint(&run)
+    });
+    let saved = echoai::model::checkpoint::read_meta(&run).unwrap().step;
+    assert_eq!(saved as usize, held, "the checkpoint holds the paused step");
+    h.get_by_label("Resume training").click();
+    h.step();
+    step_until(&mut h, 60, |s| s.train.losses.len() > held);
+    h.get_by_label("Stop training").click();
+    h.step();
+    step_until(&mut h, 60, |s| !s.train.is_training());
 }

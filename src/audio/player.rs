@@ -217,7 +217,16 @@ impl Player {
     /// Opens the default output device and feeds it from `handle`. With none (a server, a
     /// container), this is [`AudioError::NoDevice`]; export to WAV still works.
     pub fn open(handle: PlayerHandle) -> Result<Player, AudioError> {
-        let opened = std::panic::catch_unwind(rodio::DeviceSinkBuilder::open_default_sink);
+        Self::open_with(handle, rodio::DeviceSinkBuilder::open_default_sink)
+    }
+
+    /// As [`Player::open`], with the device opened by `open_sink` (tests pass a failing or
+    /// panicking one: a machine's sound card cannot be chosen by a test).
+    pub fn open_with<E: std::error::Error>(
+        handle: PlayerHandle,
+        open_sink: impl FnOnce() -> Result<rodio::MixerDeviceSink, E> + std::panic::UnwindSafe,
+    ) -> Result<Player, AudioError> {
+        let opened = std::panic::catch_unwind(open_sink);
         let mut sink = match opened {
             Ok(Ok(sink)) => sink,
             Ok(Err(e)) => return Err(AudioError::NoDevice(error_chain(&e))),

@@ -75,8 +75,12 @@ impl LibraryPanel {
                                 }
                                 let r = ui
                                     .selectable_label(false, &name)
-                                    .on_hover_text("double-click to open");
-                                if r.double_clicked() {
+                                    .on_hover_text("double-click (or Enter) to open");
+                                // A single pointer click only selects; Enter on a focused entry
+                                // and a screen reader's "activate" are not pointer clicks.
+                                let activated =
+                                    r.clicked() && !r.clicked_by(egui::PointerButton::Primary);
+                                if r.double_clicked() || activated {
                                     open = Some(file.clone());
                                 }
                             }

@@ -489,3 +489,41 @@ fn pause_holds_training_and_checkpoint_now_writes_one() {
     h.step();
     step_until(&mut h, 60, |s| !s.train.is_training());
 }
+
+#[test]
+fn a_run_that_died_is_reported_at_start_and_offered_for_resuming() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // A run's folder with its checkpoint, and the marker of a process that no longer exists.
+    std::fs::create_dir(&run).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new("assets/models/lstm").join(file), run.join(file)).unwrap();
+    }
+    std::fs::write(
+        run.join(echoai::run_folder::RUN_MARKER),
+        r#"{"pid": 4000000000, "started_unix_s": 1, "start_step": 3000}"#,
+    )
+    .unwrap();
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let env = StudioEnv {
+        dialogs: Box::new(dialogs.clone()),
+        output: Box::new(out.clone()),
+        midi_out: Arc::new(FakeMidiOut::default()),
+        midi_in: Box::new(FakeMidiIn::default()),
+        session_root: session_root(),
+    };
+    let mut settings = StudioSettings::default();
+    settings.train.out_dir = Some(run.clone());
+    settings.tab = echoai::studio::Tab::Train;
+    let mut h = harness(Studio::new(env, settings));
+    h.run();
+    let died = h
+        .state()
+        .train
+        .unfinished_run()
+        .expect("the dead run is found");
+    assert_eq!(died.checkpoint_step, Some(3400));
+    assert!(h.query_by_label_contains("did not finish").is_some());
+    assert!(h.query_by_label("Resume that run").is_some());
+}

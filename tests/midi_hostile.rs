@@ -140,6 +140,16 @@ fn huge_chunk_length_is_not_an_allocation() {
 }
 
 #[test]
+fn an_smpte_rate_of_minus_128_is_an_error_not_a_panic() {
+    // Found by tests/fuzz.rs: midly negates the rate byte as an i8, which overflows for 0x80
+    // (a panic in debug builds).
+    for division in [0x8000u16, 0x8001, 0x80FF] {
+        let err = survives("SMPTE -128", &smf(0, division, &[one_note()])).unwrap_err();
+        assert!(err.contains("frame rate"), "{err}");
+    }
+}
+
+#[test]
 fn zero_ticks_per_quarter_is_an_error() {
     let err = survives("0 tpq", &smf(0, 0, &[one_note()])).unwrap_err();
     assert!(err.contains("0 ticks per quarter"), "{err}");

@@ -57,7 +57,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, MidiErrorKind> {
 /// folded into note ends. Format 2 files hold independent patterns, which are played one after the
 /// other.
 pub fn parse_midi(bytes: &[u8]) -> Result<Performance, MidiError> {
-    let smf = Smf::parse(bytes).map_err(|e| MidiErrorKind::Parse(e.to_string()))?;
+    let smf = parse_smf(bytes)?;
     let mut notes = Vec::new();
     match smf.header.format {
         Format::SingleTrack | Format::Parallel => {
@@ -73,6 +73,24 @@ pub fn parse_midi(bytes: &[u8]) -> Result<Performance, MidiError> {
         }
     }
     Ok(Performance::from_notes(notes))
+}
+
+/// midly's parse, made total: midly 0.5.3 negates the SMPTE frame-rate byte as an `i8`, which
+/// overflows (a panic in debug builds) for the division word 0x80xx, so that header is refused
+/// first; and any other panic inside the parser becomes an error for this file, never a crash.
+fn parse_smf(bytes: &[u8]) -> Result<Smf<'_>, MidiErrorKind> {
+    if bytes.len() >= 14 && &bytes[..4] == b"MThd" && bytes[12] == 0x80 {
+        return Err(MidiErrorKind::Parse(
+            "the header gives an SMPTE frame rate of -128".into(),
+        ));
+    }
+    match std::panic::catch_unwind(|| Smf::parse(bytes)) {
+        Ok(Ok(smf)) => Ok(smf),
+        Ok(Err(e)) => Err(MidiErrorKind::Parse(e.to_string())),
+        Err(_) => Err(MidiErrorKind::Parse(
+            "the MIDI parser failed on this file".into(),
+        )),
+    }
 }
 
 /// One channel-message or tempo event with its absolute tick, in file order.
@@ -151,7 +169,7 @@ fn is_onset(kind: &TrackEventKind) -> bool {
 
 /// The first tempo of a metrical file in quarter notes per minute (for drawing bars), if any.
 pub fn tempo_bpm(bytes: &[u8]) -> Option<f64> {
-    let smf = Smf::parse(bytes).ok()?;
+    let smf = parse_smf(bytes).ok()?;
     if !matches!(smf.header.timing, midly::Timing::Metrical(_)) {
         return None;
     }

@@ -252,25 +252,39 @@ fn the_studios_training_job_keeps_no_memory_from_step_to_step() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     panel.start(None).unwrap();
-    // Both samples are taken while the run is still going: whatever it keeps is freed with it
-    // at the end, so a sample after the run would see nothing.
-    let (from, to) = (60.0, 320.0);
-    let (mut early, mut late) = (None, None);
-    while panel.is_training() {
-        assert!(std::time::Instant::now() < deadline, "the run finished");
-        panel.poll();
+    // Both samples are taken while the run is still going (whatever it keeps is freed with it
+    // at the end) and while it is paused between steps: this thread samples, so a running step's
+    // buffers would otherwise be counted at whatever point the step happened to be.
+    let mut sample_paused = |panel: &mut TrainPanel, after: f64| -> (f64, isize) {
+        while panel.losses.last().map_or(0.0, |l| l[0]) < after {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the run reached step {after}"
+            );
+            panel.poll();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panel.set_paused(true);
+        while !panel.is_paused() {
+            assert!(std::time::Instant::now() < deadline, "the run paused");
+            panel.poll();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let step = panel.losses.last().map_or(0.0, |l| l[0]);
-        if early.is_none() && step >= from {
-            early = Some((step, live_bytes()));
-        }
-        if late.is_none() && step >= to {
-            late = Some((step, live_bytes()));
-        }
+        let bytes = live_bytes();
+        panel.set_paused(false);
+        (step, bytes)
+    };
+    let (first, early) = sample_paused(&mut panel, 60.0);
+    let (last, late) = sample_paused(&mut panel, 300.0);
+    assert!(
+        panel.is_training() && last < 360.0,
+        "sampled during the run"
+    );
+    while panel.is_training() {
+        panel.poll();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let (first, early) = early.expect("a sample after step 60");
-    let (last, late) = late.expect("a sample after step 320, before the end");
-    assert!(last < 360.0, "the second sample was taken during the run");
     // The panel keeps a [step, loss] point per step for its plot.
     let allowed = SLACK + (KEPT_PER_STEP + 32) * (last - first) as isize;
     let growth = late - early;

@@ -309,6 +309,18 @@ impl TrainPanel {
         }
     }
 
+    /// Asks the run to pause (or go on); `is_paused` turns true once it has.
+    pub fn set_paused(&mut self, paused: bool) {
+        if let Some((_, control)) = &self.run {
+            control.set_paused(paused);
+        }
+    }
+
+    /// The run has reported that it is paused between steps.
+    pub fn is_paused(&self) -> bool {
+        self.run.is_some() && self.paused
+    }
+
     pub fn poll(&mut self) -> Vec<TrainPanelEvent> {
         let mut events = Vec::new();
         let (messages, scan_done) = match &mut self.scan {

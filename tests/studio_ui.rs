@@ -369,7 +369,11 @@ fn the_library_searches_and_a_double_click_opens() {
     let out = FakeOut::default();
     let mut s = studio(&dialogs, &out);
     s.tab = echoai::studio::Tab::Library;
-    let mut h = harness(s);
+    // Frames 40 ms apart, so four pointer events a frame apart fit in egui's double-click time.
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .with_step_dt(0.04)
+        .build_ui_state(|ui, s: &mut Studio| s.ui(ui), s);
     h.run();
     let total = h.query_all_by_label_contains(".mid").count();
     h.get_by_role(egui::accesskit::Role::TextInput).focus();
@@ -390,8 +394,19 @@ fn the_library_searches_and_a_double_click_opens() {
     h.get_by_label("piano/fur-elise.mid").click();
     h.run();
     assert!(h.state().doc.is_empty(), "a single click only points");
-    // ...activating the entry does (Enter on it, or a screen reader's click).
-    h.get_by_label("piano/fur-elise.mid").click_accesskit();
+    // ...a double click does: press, release, press, release, a frame apart each.
+    let at = h.get_by_label("piano/fur-elise.mid").rect().center();
+    h.event(egui::Event::PointerMoved(at));
+    h.step();
+    for pressed in [true, false, true, false] {
+        h.event(egui::Event::PointerButton {
+            pos: at,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: Modifiers::default(),
+        });
+        h.step();
+    }
     h.run();
     let expected = read_midi(Path::new("assets/corpus/piano/fur-elise.mid"))
         .unwrap()

@@ -255,7 +255,7 @@ fn the_studios_training_job_keeps_no_memory_from_step_to_step() {
     // Both samples are taken while the run is still going (whatever it keeps is freed with it
     // at the end) and while it is paused between steps: this thread samples, so a running step's
     // buffers would otherwise be counted at whatever point the step happened to be.
-    let mut sample_paused = |panel: &mut TrainPanel, after: f64| -> (f64, isize) {
+    let sample_paused = |panel: &mut TrainPanel, after: f64| -> (f64, isize) {
         while panel.losses.last().map_or(0.0, |l| l[0]) < after {
             assert!(
                 std::time::Instant::now() < deadline,

@@ -1,5 +1,8 @@
 //! `echoai train`, `generate` and `eval` as a user runs them, including Ctrl-C.
 
+mod common;
+
+use common::tensor_bits;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -147,21 +150,6 @@ fn bad_arguments_are_clear_errors() {
         args.extend_from_slice(&TINY);
         assert!(failure_message(&args).contains("--features cuda"));
     }
-}
-
-/// Every tensor of a checkpoint file, as bits, sorted by name.
-fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)> {
-    let tensors =
-        candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu).unwrap();
-    let mut all: Vec<(String, Vec<u32>)> = tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (name, values.iter().map(|v| v.to_bits()).collect())
-        })
-        .collect();
-    all.sort();
-    all
 }
 
 /// (step, loss bits) of every step event in `--json` output.

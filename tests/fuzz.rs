@@ -3,56 +3,19 @@
 //! value or an error, never a panic, and within a bounded amount of memory per case.
 //!
 //! `cargo test` runs a few thousand cases. The long run (docs/RELIABILITY.md):
-//! `FUZZ_CASES=100000 cargo test --release --test fuzz -- --test-threads 1`.
+//! `FUZZ_CASES=200000 cargo test --release --test fuzz -- --test-threads 1`.
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use common::peak_alloc::{ONE_AT_A_TIME, PeakCounting, peak_bytes_of};
 use common::*;
 use echoai::midi::{MAX_PIECE_SECONDS, parse_midi};
 use echoai::model::checkpoint;
 use echoai::tokenizer::{VOCAB_SIZE, decode, encode};
 use proptest::prelude::*;
 
-/// Counts live heap bytes and the peak since the last reset, so each case's memory is bounded.
-struct PeakCounting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for PeakCounting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: PeakCounting = PeakCounting;
-
-/// The count is process-wide: the tests of this binary take turns.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns how many bytes above the starting point it held at its peak.
-fn peak_bytes_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    let value = f();
-    (value, PEAK.load(Ordering::SeqCst).saturating_sub(base))
-}
 
 fn cases(default: u32) -> u32 {
     std::env::var("FUZZ_CASES")
@@ -196,6 +159,17 @@ const FILES: [&str; 4] = [
     checkpoint::TRAINER_FILE,
 ];
 
+/// A copy of the pristine checkpoint in a new temporary folder (kept while the guard lives).
+fn fresh_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let ckpt = work.path().join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    for f in FILES {
+        std::fs::copy(pristine_checkpoint().join("ckpt").join(f), ckpt.join(f)).unwrap();
+    }
+    (work, ckpt)
+}
+
 /// Cut a file short, flip a byte, or both.
 #[derive(Clone, Debug)]
 struct Damage {
@@ -219,12 +193,7 @@ proptest! {
     #[test]
     fn a_damaged_checkpoint_loads_or_is_refused_never_panics(d in damage()) {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let work = tempfile::tempdir().unwrap();
-        let ckpt = work.path().join("ckpt");
-        std::fs::create_dir(&ckpt).unwrap();
-        for f in FILES {
-            std::fs::copy(pristine_checkpoint().join("ckpt").join(f), ckpt.join(f)).unwrap();
-        }
+        let (_work, ckpt) = fresh_copy();
         let path = ckpt.join(FILES[d.file]);
         let mut bytes = std::fs::read(&path).unwrap();
         if let Some(cut) = d.cut {
@@ -262,12 +231,7 @@ proptest! {
         zero_rng in prop::bool::weighted(0.1),
     ) {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let work = tempfile::tempdir().unwrap();
-        let ckpt = work.path().join("ckpt");
-        std::fs::create_dir(&ckpt).unwrap();
-        for f in FILES {
-            std::fs::copy(pristine_checkpoint().join("ckpt").join(f), ckpt.join(f)).unwrap();
-        }
+        let (_work, ckpt) = fresh_copy();
         let path = ckpt.join(checkpoint::TRAINER_FILE);
         let mut state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

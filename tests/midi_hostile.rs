@@ -3,40 +3,12 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use common::peak_alloc::{ONE_AT_A_TIME, PeakCounting, peak_bytes_of};
 use common::*;
 use echoai::midi::parse_midi;
 
-struct PeakCounting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for PeakCounting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: PeakCounting = PeakCounting;
-
-/// The count is process-wide: the tests of this binary take turns.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// What one parse may hold: the events it read (midly's and ours, under 100 bytes per input byte
 /// even for 2-byte events) and the notes, plus 64 KiB of fixed state.
@@ -46,10 +18,7 @@ fn allowed_bytes(input: usize) -> usize {
 
 fn survives(name: &str, bytes: &[u8]) -> Result<usize, String> {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    let result = std::panic::catch_unwind(|| parse_midi(bytes));
-    let peak = PEAK.load(Ordering::SeqCst).saturating_sub(base);
+    let (result, peak) = peak_bytes_of(|| std::panic::catch_unwind(|| parse_midi(bytes)));
     assert!(
         peak <= allowed_bytes(bytes.len()),
         "{name}: {peak} bytes held for a {}-byte file",

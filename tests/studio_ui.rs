@@ -16,14 +16,19 @@ use egui_kittest::kittest::{NodeT, Queryable};
 
 const PIECE: &str = "assets/corpus/piano/satie-gymnopedie-no1.mid";
 
-fn studio(dialogs: &FakeDialogs, out: &FakeOut) -> Studio {
-    let env = StudioEnv {
+/// Fake dialogs, output and ports; session takes under `session_root`.
+fn fake_env(dialogs: &FakeDialogs, out: &FakeOut, session_root: std::path::PathBuf) -> StudioEnv {
+    StudioEnv {
         dialogs: Box::new(dialogs.clone()),
         output: Box::new(out.clone()),
         midi_out: Arc::new(FakeMidiOut::default()),
         midi_in: Box::new(FakeMidiIn::default()),
-        session_root: session_root(),
-    };
+        session_root,
+    }
+}
+
+fn studio(dialogs: &FakeDialogs, out: &FakeOut) -> Studio {
+    let env = fake_env(dialogs, out, session_root());
     let mut settings = StudioSettings::default();
     // No bundled model is assumed: tests pick their own checkpoints.
     settings.generate.checkpoint = None;
@@ -55,6 +60,38 @@ fn step_until(h: &mut Harness<Studio>, seconds: u64, done: impl Fn(&Studio) -> b
         std::thread::sleep(Duration::from_millis(10));
     }
     h.step();
+}
+
+/// A studio on the Train tab that has scanned `files` of the demo piano folder (copied under
+/// `dir`) and is training a one-layer model of `(embed, hidden, seq)`, past `steps` steps.
+fn training_in_the_tab<'a>(
+    dir: &Path,
+    files: &[&str],
+    (embed, hidden, seq): (usize, usize, usize),
+    steps: usize,
+) -> Harness<'a, Studio> {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    for name in files {
+        std::fs::copy(Path::new("assets/corpus/piano").join(name), data.join(name)).unwrap();
+    }
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut s = studio(&dialogs, &out);
+    s.tab = echoai::studio::Tab::Train;
+    let t = &mut s.train.settings;
+    t.runs_dir = dir.join("runs");
+    (t.embed, t.hidden, t.layers, t.steps, t.batch, t.seq) = (embed, hidden, 1, 100_000, 2, seq);
+    let mut h = harness(s);
+    h.run();
+    dialogs.answer(&data);
+    h.get_by_label("Choose folder…").click();
+    h.step();
+    step_until(&mut h, 30, |s| s.train.corpus.is_some());
+    h.get_by_label("Start training").click();
+    h.step();
+    step_until(&mut h, 60, |s| s.train.losses.len() >= steps);
+    h
 }
 
 #[test]
@@ -221,34 +258,15 @@ fn generate_makes_a_take_on_the_roll_and_save_writes_it() {
 #[test]
 fn training_from_the_tab_plots_and_leaves_a_checkpoint_for_generate() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for name in [
+    let files = [
         "fur-elise.mid",
         "bwv-850.mid",
         "maple-leaf-rag.mid",
         "solace.mid",
         "bethena.mid",
         "clair-de-lune.mid",
-    ] {
-        std::fs::copy(Path::new("assets/corpus/piano").join(name), data.join(name)).unwrap();
-    }
-    let dialogs = FakeDialogs::default();
-    let out = FakeOut::default();
-    let mut s = studio(&dialogs, &out);
-    s.tab = echoai::studio::Tab::Train;
-    let t = &mut s.train.settings;
-    t.runs_dir = dir.path().join("runs");
-    (t.embed, t.hidden, t.layers, t.steps, t.batch, t.seq) = (16, 32, 1, 100_000, 2, 32);
-    let mut h = harness(s);
-    h.run();
-    dialogs.answer(&data);
-    h.get_by_label("Choose folder…").click();
-    h.step();
-    step_until(&mut h, 30, |s| s.train.corpus.is_some());
-    h.get_by_label("Start training").click();
-    h.step();
-    step_until(&mut h, 60, |s| s.train.losses.len() >= 3);
+    ];
+    let mut h = training_in_the_tab(dir.path(), &files, (16, 32, 32), 3);
     h.get_by_label("Stop training").click();
     h.step();
     step_until(&mut h, 60, |s| !s.train.is_training());
@@ -300,13 +318,7 @@ fn takes_are_kept_as_they_are_made_and_come_back_after_a_crash() {
     let dialogs = FakeDialogs::default();
     let out = FakeOut::default();
     let root = session_root();
-    let env = |dialogs: &FakeDialogs| StudioEnv {
-        dialogs: Box::new(dialogs.clone()),
-        output: Box::new(out.clone()),
-        midi_out: Arc::new(FakeMidiOut::default()),
-        midi_in: Box::new(FakeMidiIn::default()),
-        session_root: root.clone(),
-    };
+    let env = |dialogs: &FakeDialogs| fake_env(dialogs, &out, root.clone());
     let mut first = Studio::new(env(&dialogs), StudioSettings::default());
     let take = read_midi(Path::new(PIECE)).unwrap();
     first
@@ -452,27 +464,8 @@ fn a_bundled_model_chosen_in_the_picker_generates() {
 #[test]
 fn pause_holds_training_and_checkpoint_now_writes_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    for name in ["fur-elise.mid", "bwv-850.mid", "solace.mid", "bethena.mid"] {
-        std::fs::copy(Path::new("assets/corpus/piano").join(name), data.join(name)).unwrap();
-    }
-    let dialogs = FakeDialogs::default();
-    let out = FakeOut::default();
-    let mut s = studio(&dialogs, &out);
-    s.tab = echoai::studio::Tab::Train;
-    let t = &mut s.train.settings;
-    t.runs_dir = dir.path().join("runs");
-    (t.embed, t.hidden, t.layers, t.steps, t.batch, t.seq) = (8, 16, 1, 100_000, 2, 16);
-    let mut h = harness(s);
-    h.run();
-    dialogs.answer(&data);
-    h.get_by_label("Choose folder…").click();
-    h.step();
-    step_until(&mut h, 30, |s| s.train.corpus.is_some());
-    h.get_by_label("Start training").click();
-    h.step();
-    step_until(&mut h, 60, |s| s.train.losses.len() >= 2);
+    let files = ["fur-elise.mid", "bwv-850.mid", "solace.mid", "bethena.mid"];
+    let mut h = training_in_the_tab(dir.path(), &files, (8, 16, 16), 2);
     h.get_by_label("Pause training").click();
     h.step();
     // The button turns into "Resume training" once the run reports the pause.
@@ -521,13 +514,7 @@ fn a_run_that_died_is_reported_at_start_and_offered_for_resuming() {
     .unwrap();
     let dialogs = FakeDialogs::default();
     let out = FakeOut::default();
-    let env = StudioEnv {
-        dialogs: Box::new(dialogs.clone()),
-        output: Box::new(out.clone()),
-        midi_out: Arc::new(FakeMidiOut::default()),
-        midi_in: Box::new(FakeMidiIn::default()),
-        session_root: session_root(),
-    };
+    let env = fake_env(&dialogs, &out, session_root());
     let mut settings = StudioSettings::default();
     settings.train.out_dir = Some(run.clone());
     settings.tab = echoai::studio::Tab::Train;

@@ -1,5 +1,8 @@
 //! Training, checkpoints, resume and generation on tiny models (seconds on CPU).
 
+mod common;
+
+use common::tensor_bits;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -187,20 +190,6 @@ fn checkpoint_round_trip_gives_the_trained_models_logits() {
         untrained.to_vec1::<f32>().unwrap(),
         got.to_vec1::<f32>().unwrap()
     );
-}
-
-/// Every tensor of a safetensors file in a checkpoint, as bits.
-fn tensor_bits(dir: &Path, file: &str) -> Vec<(String, Vec<u32>)> {
-    let tensors = candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap();
-    let mut all: Vec<(String, Vec<u32>)> = tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (name, values.iter().map(|v| v.to_bits()).collect())
-        })
-        .collect();
-    all.sort();
-    all
 }
 
 fn step_losses(events: &[TrainEvent]) -> Vec<(u64, u64)> {

@@ -2,6 +2,8 @@
 //! test controls exactly what the parser sees (running status, odd divisions, hostile lengths).
 #![allow(dead_code)]
 
+pub mod peak_alloc;
+
 pub fn vlq(mut n: u32) -> Vec<u8> {
     let mut out = vec![(n & 0x7f) as u8];
     n >>= 7;
@@ -54,4 +56,20 @@ pub fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 
 pub fn assert_close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() < 1e-9, "{what}: {a} != {b}");
+}
+
+/// Every tensor of a safetensors file in a checkpoint folder, as bits, sorted by name: for
+/// comparisons that must be exact.
+pub fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)> {
+    let tensors =
+        candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu).unwrap();
+    let mut all: Vec<(String, Vec<u32>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (name, values.iter().map(|v| v.to_bits()).collect())
+        })
+        .collect();
+    all.sort();
+    all
 }

@@ -1,68 +1,23 @@
 //! Memory that stays in use must not grow with the length of a run (issue 11: training kept
 //! about 33 MB per step and a default-size run was killed by the OOM killer).
 //!
-//! This binary counts live heap bytes with its own global allocator, which is deterministic where
+//! This binary counts live heap bytes with a counting global allocator (`common::peak_alloc`), which is deterministic where
 //! the resident set size is not. Each test samples the count at two points of a long run, after
 //! warm-up, and bounds the growth by what the run legitimately keeps (a loss per step, a note per
 //! event), far below what one retained activation or gradient would add.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+mod common;
 
+use std::sync::atomic::AtomicBool;
+
+use common::peak_alloc::{ONE_AT_A_TIME, PeakCounting, live_bytes};
 use echoai::generate::{GenerateConfig, generate};
 use echoai::model::{ModelConfig, ModelKind, MusicModel};
 use echoai::tokenizer::{END, Event, START};
 use echoai::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// The count is process-wide: the tests of this binary take turns.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn live_bytes() -> isize {
-    LIVE.load(Ordering::SeqCst)
-}
+static ALLOCATOR: PeakCounting = PeakCounting;
 
 fn synthetic_data() -> TrainData {
     let mut piece = vec![START, Event::Velocity(20).id()];

@@ -38,3 +38,8 @@ pub fn peak_bytes_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let value = f();
     (value, PEAK.load(Ordering::SeqCst).saturating_sub(base))
 }
+
+/// Heap bytes in use now (signed, so two readings subtract either way).
+pub fn live_bytes() -> isize {
+    LIVE.load(Ordering::SeqCst) as isize
+}

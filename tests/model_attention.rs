@@ -2,7 +2,11 @@
 //! attention block as docs/ARCHITECTURE.md defines it (window, relative-bias indexing, scaling,
 //! residual, LayerNorm epsilon): `tests/fixtures/make_attention_parity.py` wrote the fixture.
 
+mod common;
+
 use std::collections::HashMap;
+
+use common::max_rel_err;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -34,18 +38,6 @@ fn values(t: &Tensor) -> Vec<f64> {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap()
-}
-
-/// Largest absolute difference over the largest magnitude of the expected values.
-fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (values(a), values(b));
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 fn model_from_fixture(f: &HashMap<String, Tensor>) -> (MusicModel, VarMap) {

@@ -1,6 +1,10 @@
 //! The LSTM stack against PyTorch (the fixture) and the fused recurrence against the composed one.
 
+mod common;
+
 use std::collections::HashMap;
+
+use common::max_rel_err;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -12,30 +16,6 @@ const FIXTURE: &str = "tests/fixtures/lstm_parity.safetensors";
 
 fn fixture() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(FIXTURE, &Device::Cpu).expect("fixture loads")
-}
-
-fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 fn parity_config() -> ModelConfig {

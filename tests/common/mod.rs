@@ -73,3 +73,23 @@ pub fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)>
     all.sort();
     all
 }
+
+/// Largest absolute difference over the largest magnitude of the expected values (`b`).
+pub fn max_rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let values = |t: &candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    let (a, b) = (values(a), values(b));
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}

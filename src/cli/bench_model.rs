@@ -172,10 +172,21 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
         s.seq,
         rayon::current_num_threads()
     );
+    let fma = super::bench_fma::fma_peak();
     let peak = sgemm_gflops(1024);
     let flops = flops_per_training_token(s);
+    if let Some(fma) = &fma {
+        println!(
+            "  FMA peak ({}, registers only): {:.1} GFLOP/s",
+            fma.isa, fma.gflops
+        );
+    }
     println!(
-        "  SGEMM 1024^3 peak: {peak:.1} GFLOP/s; one training token is {:.1} MFLOP, so the ceiling is {:.0} tokens/s",
+        "  SGEMM 1024^3 peak: {peak:.1} GFLOP/s{}; one training token is {:.1} MFLOP, so the ceiling is {:.0} tokens/s",
+        fma.as_ref().map_or(String::new(), |f| format!(
+            " ({:.0}% of the FMA peak)",
+            100.0 * peak / f.gflops
+        )),
         flops / 1e6,
         peak * 1e9 / flops
     );
@@ -206,8 +217,14 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
         let memory = crate::memory::peak_resident_bytes().map_or(String::new(), |b| {
             format!(", peak RSS {}", crate::memory::format_bytes(b))
         });
+        let of_fma = fma.as_ref().map_or(String::new(), |f| {
+            format!(
+                ", {:.0}% of the FMA peak",
+                100.0 * tokens_per_s * flops / (f.gflops * 1e9)
+            )
+        });
         println!(
-            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling{memory})",
+            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling{of_fma}{memory})",
             100.0 * tokens_per_s * flops / (peak * 1e9)
         );
     }

@@ -2,6 +2,7 @@
 
 mod audio_cmd;
 mod bench;
+mod bench_fma;
 mod bench_model;
 mod bench_studio;
 mod corpus_cmd;

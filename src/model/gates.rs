@@ -23,7 +23,10 @@ fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 0.5);
     let e_r = p.mul_add(r * r, r) + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of n + 127 + 2^23, whose low mantissa bits hold n + 127: `n as i32`
+    // would be a saturating cast, which the compiler runs one lane at a time (a quarter of this
+    // function's time). NaN stays NaN through `e_r`.
+    let two_n = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     e_r * two_n
 }
 
@@ -120,17 +123,13 @@ pub enum Simd {
 }
 
 impl Simd {
+    /// The best this CPU runs, within the `ECHOAI_SIMD` cap ([`super::isa`]).
     pub fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx2;
-            }
+        match super::isa::chosen() {
+            super::isa::Isa::Avx512 => Simd::Avx512,
+            super::isa::Isa::Avx2 => Simd::Avx2,
+            super::isa::Isa::Portable => Simd::Baseline,
         }
-        Simd::Baseline
     }
 
     /// Every instruction set this CPU runs.

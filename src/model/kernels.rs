@@ -131,18 +131,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest one this CPU runs.
+    /// The fastest one this CPU runs, within the `ECHOAI_SIMD` cap ([`super::isa`]).
     pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+        match super::isa::chosen() {
+            super::isa::Isa::Avx512 => Kernel::Avx512,
+            super::isa::Isa::Avx2 => Kernel::Avx2,
+            super::isa::Isa::Portable => Kernel::Portable,
         }
-        Kernel::Portable
     }
 
     /// Whether this CPU has the instructions the kernel uses.

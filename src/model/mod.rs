@@ -11,6 +11,7 @@ mod cpu_values;
 mod fused_lstm;
 mod gates;
 pub mod init;
+pub mod isa;
 pub mod kernels;
 mod lstm;
 mod matmul;

@@ -75,6 +75,15 @@ impl DeviceChoice {
     }
 }
 
+/// [`describe`], and on the CPU the instruction set of the hand-written kernels (`ECHOAI_SIMD`
+/// can cap it), so a run's log says which code path trained it.
+pub fn describe_with_kernels(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} kernels)", crate::model::isa::chosen().name()),
+        other => describe(other).to_string(),
+    }
+}
+
 pub fn describe(device: &Device) -> &'static str {
     match device {
         Device::Cpu => "cpu",

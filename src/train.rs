@@ -361,7 +361,7 @@ fn run(
         start_step: s.state.step,
         total_steps: cfg.steps,
         parameters: s.varmap.all_vars().iter().map(|v| v.elem_count()).sum(),
-        device: crate::device::describe(&s.device).into(),
+        device: crate::device::describe_with_kernels(&s.device),
         train_events: data.train.len(),
         validation_events: data.validation.len(),
     });

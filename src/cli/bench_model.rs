@@ -165,12 +165,13 @@ pub fn flops_per_training_token(s: &Sizes) -> f64 {
 
 pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> anyhow::Result<()> {
     println!(
-        "bench train: Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE}), batch {} x {}, {} threads",
+        "bench train: Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE}), batch {} x {}, {} threads, {} kernels",
         s.embed,
         s.hidden,
         s.batch,
         s.seq,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        crate::model::isa::chosen().name()
     );
     let fma = super::bench_fma::fma_peak();
     let peak = sgemm_gflops(1024);

@@ -183,23 +183,43 @@ impl CustomOp3 for FusedLstmOp {
         let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
         let bias = &extra[..four_h];
 
-        // The input projection of every step: x W_ih^T[k, n] = w[n * ww + k], or column `id` of w.
-        let mut xproj = vec![0f32; b * t * four_h];
-        let mut dense_x: &[f32] = &[];
+        let keep = self.keep_for_backward;
+        let x_width = d.x_width;
+        let dense_x: &[f32] = match self.input_kind {
+            LayerInput::Dense => storage_values::<f32>(s1, l1, "fused LSTM: x")?,
+            LayerInput::Ids => &[],
+        };
+        let mut xh = vec![0f32; (t + 1) * b * xw];
+        for bi in 0..b {
+            xh[bi * xw + x_width..(bi + 1) * xw].copy_from_slice(&extra[four_h + bi * h..][..h]);
+        }
+        if x_width > 0 {
+            // x by time, beside the h of the step before: the rows of the input projection here
+            // and of the single dW GEMM in the backward pass.
+            xh.par_chunks_mut(b * xw)
+                .take(t)
+                .enumerate()
+                .for_each(|(s, block)| {
+                    for (bi, row) in block.chunks_exact_mut(xw).enumerate() {
+                        row[..x_width]
+                            .copy_from_slice(&dense_x[(bi * t + s) * x_width..][..x_width]);
+                    }
+                });
+        }
+
+        // The input projection of every step, time-major [T, B, 4H] so each step reads one
+        // contiguous block: x W_ih^T[k, n] = w[n * ww + k], or column `id` of w.
+        let mut xproj = vec![0f32; t * b * four_h];
         match self.input_kind {
-            LayerInput::Dense => {
-                dense_x = storage_values::<f32>(s1, l1, "fused LSTM: x")?;
-                let x_rs = (input, 1);
-                matmul(
-                    (b * t, four_h, input),
-                    &mut xproj,
-                    four_h,
-                    dense_x,
-                    x_rs,
-                    w,
-                    (1, ww),
-                );
-            }
+            LayerInput::Dense => matmul(
+                (t * b, four_h, input),
+                &mut xproj,
+                four_h,
+                &xh,
+                (xw, 1),
+                w,
+                (1, ww),
+            ),
             LayerInput::Ids => {
                 let ids = storage_values::<u32>(s1, l1, "fused LSTM: ids")?;
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= input) {
@@ -214,9 +234,10 @@ impl CustomOp3 for FusedLstmOp {
                 }
                 xproj
                     .par_chunks_mut(four_h)
-                    .zip(ids)
-                    .for_each(|(row, &id)| {
-                        row.copy_from_slice(&table[id as usize * four_h..][..four_h]);
+                    .enumerate()
+                    .for_each(|(r, row)| {
+                        let id = ids[(r % b) * t + r / b] as usize;
+                        row.copy_from_slice(&table[id * four_h..][..four_h]);
                     });
             }
         }
@@ -228,24 +249,6 @@ impl CustomOp3 for FusedLstmOp {
             (j < h).then_some(g * h + j)
         });
 
-        let keep = self.keep_for_backward;
-        let x_width = d.x_width;
-        let mut xh = vec![0f32; (t + 1) * b * xw];
-        for bi in 0..b {
-            xh[bi * xw + x_width..(bi + 1) * xw].copy_from_slice(&extra[four_h + bi * h..][..h]);
-        }
-        if keep && x_width > 0 {
-            // x by time, beside the h of the step before: the rows of the single dW GEMM.
-            xh.par_chunks_mut(b * xw)
-                .take(t)
-                .enumerate()
-                .for_each(|(s, block)| {
-                    for (bi, row) in block.chunks_exact_mut(xw).enumerate() {
-                        row[..x_width]
-                            .copy_from_slice(&dense_x[(bi * t + s) * x_width..][..x_width]);
-                    }
-                });
-        }
         let mut cells = vec![0f32; (t + 1) * b * h];
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
         let mut gates = vec![0f32; if keep { t * b * four_h } else { 0 }];
@@ -284,7 +287,7 @@ impl CustomOp3 for FusedLstmOp {
                     for bi in 0..b {
                         let row = block + b * h + bi * h + j0;
                         let h_row = xh_block + b * xw + bi * xw + x_width + j0;
-                        let x_row = (bi * t + step) * four_h + j0;
+                        let x_row = (step * b + bi) * four_h + j0;
                         let gate_row = (step * b + bi) * four_h + j0;
                         let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
                         // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`

@@ -8,6 +8,7 @@ mod band_attention;
 pub mod checkpoint;
 mod config;
 mod cpu_values;
+pub(crate) use cpu_values::with_values;
 mod fused_lstm;
 mod gates;
 pub mod init;

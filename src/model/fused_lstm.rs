@@ -27,6 +27,7 @@ use super::cpu_values::{poisoned, storage_values, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
+use super::scratch;
 use super::team::{SharedMut, run_team, share, team_size};
 
 /// What the backward pass needs from the forward pass (all time-major).
@@ -189,8 +190,11 @@ impl CustomOp3 for FusedLstmOp {
             LayerInput::Dense => storage_values::<f32>(s1, l1, "fused LSTM: x")?,
             LayerInput::Ids => &[],
         };
-        let mut xh = vec![0f32; (t + 1) * b * xw];
+        // Written in full below: the h of block 0 here, the x of blocks 0..T by the copy that
+        // follows, the h of blocks 1..=T by the team; the x of block T is zeroed.
+        let mut xh = scratch::take((t + 1) * b * xw);
         for bi in 0..b {
+            xh[(t * b + bi) * xw..][..x_width].fill(0.0);
             xh[bi * xw + x_width..(bi + 1) * xw].copy_from_slice(&extra[four_h + bi * h..][..h]);
         }
         if x_width > 0 {
@@ -209,7 +213,8 @@ impl CustomOp3 for FusedLstmOp {
 
         // The input projection of every step, time-major [T, B, 4H] so each step reads one
         // contiguous block: x W_ih^T[k, n] = w[n * ww + k], or column `id` of w.
-        let mut xproj = vec![0f32; t * b * four_h];
+        // Written in full: by a GEMM that does not read its destination, or row by row.
+        let mut xproj = scratch::take(t * b * four_h);
         match self.input_kind {
             LayerInput::Dense => matmul(
                 (t * b, four_h, input),
@@ -249,10 +254,12 @@ impl CustomOp3 for FusedLstmOp {
             (j < h).then_some(g * h + j)
         });
 
-        let mut cells = vec![0f32; (t + 1) * b * h];
+        // Block 0 here, every unit of blocks 1..=T (cells) and 0..T (gates, tanh_c) by the team:
+        // the members' shares cover all units.
+        let mut cells = scratch::take((t + 1) * b * h);
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
-        let mut gates = vec![0f32; if keep { t * b * four_h } else { 0 }];
-        let mut tanh_c = vec![0f32; if keep { t * b * h } else { 0 }];
+        let mut gates = scratch::take(if keep { t * b * four_h } else { 0 });
+        let mut tanh_c = scratch::take(if keep { t * b * h } else { 0 });
 
         let threads = team_size(units);
         {
@@ -350,6 +357,7 @@ impl CustomOp3 for FusedLstmOp {
                     row.copy_from_slice(src);
                 }
             });
+        scratch::give(xproj);
         if keep {
             *self.saved.lock().map_err(|_| poisoned("fused LSTM"))? = Some(Saved {
                 gates,
@@ -357,6 +365,10 @@ impl CustomOp3 for FusedLstmOp {
                 cells,
                 xh,
             });
+        } else {
+            [gates, tanh_c, cells, xh]
+                .into_iter()
+                .for_each(scratch::give);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t + 1, h))))
     }
@@ -419,7 +431,8 @@ impl FusedLstmOp {
         });
 
         // Gate pre-activation gradients, time-major [T, B, 4H].
-        let mut da = vec![0f32; t * b * four_h];
+        // Every unit of every step's block, by the team.
+        let mut da = scratch::take(t * b * four_h);
         let mut dstate = vec![0f32; 2 * b * h];
         let threads = team_size(units);
         {
@@ -499,7 +512,8 @@ impl FusedLstmOp {
         let dx = match self.input_kind {
             LayerInput::Dense => {
                 // dx = da W_ih, time-major, then back to [B, T, In].
-                let mut dx_by_time = vec![0f32; rows * input];
+                // Written in full by a GEMM that does not read its destination.
+                let mut dx_by_time = scratch::take(rows * input);
                 let dx_rs = (four_h, 1);
                 matmul(
                     (rows, input, four_h),
@@ -511,6 +525,7 @@ impl FusedLstmOp {
                     (ww, 1),
                 );
                 let dx = swap_leading(&dx_by_time, t, b, input);
+                scratch::give(dx_by_time);
                 Some(Tensor::from_vec(dx, (b, t, input), device)?)
             }
             LayerInput::Ids => {
@@ -546,6 +561,9 @@ impl FusedLstmOp {
             (four_h, 1),
         );
         dextra.extend_from_slice(&dstate);
+        [da, gates, tanh_c, cells, xh]
+            .into_iter()
+            .for_each(scratch::give);
         Ok((
             dx,
             Some(Tensor::from_vec(dw, (four_h, ww), device)?),

@@ -17,6 +17,7 @@ pub mod kernels;
 mod lstm;
 mod matmul;
 mod output_loss;
+mod scratch;
 mod stepper;
 mod team;
 

@@ -69,7 +69,8 @@ impl CustomOp3 for OutputLossOp {
         }
         let width = hidden + 1;
         // logits = h W^T + b: W^T[k, v] = wb[v * width + k].
-        let mut probs = vec![0f32; n * vocab];
+        // Written in full by a GEMM that does not read its destination.
+        let mut probs = super::scratch::take(n * vocab);
         matmul(
             (n, vocab, hidden),
             &mut probs,
@@ -103,6 +104,8 @@ impl CustomOp3 for OutputLossOp {
                 .probabilities
                 .lock()
                 .map_err(|_| poisoned("output loss"))? = Some(probs);
+        } else {
+            super::scratch::give(probs);
         }
         Ok((
             CpuStorage::F32(vec![(total / n as f64) as f32]),
@@ -184,6 +187,7 @@ impl CustomOp3 for OutputLossOp {
         for (v, g) in db.into_iter().enumerate() {
             dwb[v * width + hidden] = g;
         }
+        super::scratch::give(dlogits);
         let device = h.device();
         Ok((
             Some(Tensor::from_vec(dh, (n, hidden), device)?),

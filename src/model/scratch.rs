@@ -44,10 +44,10 @@ pub fn give(buffer: Vec<f32>) {
         return;
     };
     pool.push(buffer);
-    if pool.len() > KEPT {
-        if let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) {
-            pool.swap_remove(smallest);
-        }
+    if pool.len() > KEPT
+        && let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].capacity())
+    {
+        pool.swap_remove(smallest);
     }
 }
 

@@ -9,6 +9,8 @@
 //! adds (AVX-512: R = 8, 16 accumulators; AVX2: R = 2, 8 accumulators). The instruction set is
 //! chosen at run time; other machines run a portable loop.
 
+use super::gates::{PORTABLE_FUSED, madd};
+
 pub const PANEL: usize = 32;
 
 /// A `K x N` operand stored as `ceil(N / 32)` panels of `K x 32`, zero beyond the last column.
@@ -247,7 +249,7 @@ impl Kernel {
                 let av = a[r * lda + kk];
                 for (j, slot) in acc.iter_mut().enumerate() {
                     let w = f32::from_bits((panel[kk * PANEL + j] as u32) << 16);
-                    *slot = w.mul_add(av, *slot);
+                    *slot = madd::<PORTABLE_FUSED>(w, av, *slot);
                 }
             }
             c[r * ldc..r * ldc + PANEL].copy_from_slice(&acc);
@@ -278,7 +280,7 @@ unsafe fn rows_portable(
                 )
             };
             for j in 0..PANEL {
-                acc[j] = w[j].mul_add(av, acc[j]);
+                acc[j] = madd::<PORTABLE_FUSED>(w[j], av, acc[j]);
             }
         }
         // SAFETY: row r of the output holds 32 floats.

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use super::cpu_values::{poisoned, storage_values, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
+use super::kernels::{tiled_index, tiled_len};
 use super::matmul::matmul;
 use super::scratch;
 use super::team::{SharedMut, run_team, share, team_size};
@@ -261,8 +262,19 @@ impl CustomOp3 for FusedLstmOp {
         let mut gates = scratch::take(if keep { t * b * four_h } else { 0 });
         let mut tanh_c = scratch::take(if keep { t * b * h } else { 0 });
 
+        // h_{t-1} again as the step kernel's row tiles, double-buffered by step parity: members
+        // write their units of h_t into one half while others may still read h_{t-1} from the
+        // other. Padding rows stay zero.
+        let tiled = tiled_len(b, h);
+        let mut h_tiles = vec![0f32; 2 * tiled];
+        for bi in 0..b {
+            for (j, &v) in extra[four_h + bi * h..][..h].iter().enumerate() {
+                h_tiles[tiled_index(bi, j, h)] = v;
+            }
+        }
         let threads = team_size(units);
         {
+            let h_tiles = SharedMut::new(&mut h_tiles);
             let xh = SharedMut::new(&mut xh);
             let cells = SharedMut::new(&mut cells);
             let gates = SharedMut::new(&mut gates);
@@ -271,6 +283,7 @@ impl CustomOp3 for FusedLstmOp {
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
+                let stream = streams_from_l3(4 * my.panels.len(), h);
                 let mut pre = vec![0f32; 4 * b * width];
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
                 let mut spare_tanh = vec![0f32; if keep { 0 } else { width }];
@@ -278,17 +291,28 @@ impl CustomOp3 for FusedLstmOp {
                     let (block, xh_block) = (step * b * h, step * b * xw);
                     // SAFETY: block `step` of xh/cells was completed before the last barrier
                     // (or is the initial state); this step writes only block `step + 1`.
-                    let (h_prev, c_prev) = unsafe {
+                    let (h_prev, c_prev, h_prev_tiles) = unsafe {
                         (
                             xh.slice(xh_block + x_width..xh_block + b * xw),
                             cells.slice(block..block + b * h),
+                            h_tiles.slice((step % 2) * tiled..(step % 2 + 1) * tiled),
                         )
                     };
                     for g in 0..4 {
                         for (q, u) in my.panels.clone().enumerate() {
                             let out = &mut pre[g * b * width + q * PANEL..];
                             let panel = panels.panel(g * units + u);
-                            kernel.panel_product(h_prev, xw, b, panel, h, out, width);
+                            kernel.panel_product_tiled(
+                                stream,
+                                h_prev_tiles,
+                                h_prev,
+                                xw,
+                                b,
+                                panel,
+                                h,
+                                out,
+                                width,
+                            );
                         }
                     }
                     for bi in 0..b {
@@ -338,6 +362,14 @@ impl CustomOp3 for FusedLstmOp {
                             gates: g_out,
                             tanh_c: t_out,
                         });
+                        // SAFETY: the member's own units of row `bi` of h_{step+1}, in the half
+                        // of the tiles no one reads during this step.
+                        unsafe {
+                            let half = ((step + 1) % 2) * tiled;
+                            for (jj, &v) in xh.slice(h_row..h_row + n).iter().enumerate() {
+                                h_tiles.set(half + tiled_index(bi, j0 + jj, h), v);
+                            }
+                        }
                     }
                     barrier.wait();
                 }
@@ -434,8 +466,13 @@ impl FusedLstmOp {
         // Every unit of every step's block, by the team.
         let mut da = scratch::take(t * b * four_h);
         let mut dstate = vec![0f32; 2 * b * h];
+        // Each step's da block again as the step kernel's row tiles, double-buffered as in the
+        // forward pass.
+        let tiled = tiled_len(b, four_h);
+        let mut da_tiles = vec![0f32; 2 * tiled];
         let threads = team_size(units);
         {
+            let da_tiles = SharedMut::new(&mut da_tiles);
             let da = SharedMut::new(&mut da);
             let dstate = SharedMut::new(&mut dstate);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
@@ -443,6 +480,7 @@ impl FusedLstmOp {
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
+                let stream = streams_from_l3(my.panels.len(), four_h);
                 // This member's columns of dh_{t} (from step t + 1) and dc, [B, width].
                 let mut dh_next = vec![0f32; b * width];
                 let mut dc = vec![0f32; b * width];
@@ -469,15 +507,42 @@ impl FusedLstmOp {
                             dc: &mut dc[bi * width..][..n],
                             da: da_row,
                         });
+                        // SAFETY: the member's own units of row `bi` of block `step`, in the
+                        // half of the tiles no one reads until the barrier below.
+                        unsafe {
+                            let half = (step % 2) * tiled;
+                            for g in 0..4 {
+                                let at = gate_row + g * h;
+                                for (jj, &v) in da.slice(at..at + n).iter().enumerate() {
+                                    da_tiles
+                                        .set(half + tiled_index(bi, g * h + j0 + jj, four_h), v);
+                                }
+                            }
+                        }
                     }
                     barrier.wait();
                     let block = step * b * four_h;
-                    // SAFETY: block `step` is complete (barrier above); the next writes go to
-                    // block `step - 1`.
-                    let da_t = unsafe { da.slice(block..block + b * four_h) };
+                    // SAFETY: block `step` and its tiles are complete (barrier above); the next
+                    // writes go to block `step - 1` and the other half of the tiles.
+                    let (da_t, da_t_tiles) = unsafe {
+                        (
+                            da.slice(block..block + b * four_h),
+                            da_tiles.slice((step % 2) * tiled..(step % 2 + 1) * tiled),
+                        )
+                    };
                     for (q, u) in my.panels.clone().enumerate() {
                         let out = &mut dh_next[q * PANEL..];
-                        kernel.panel_product(da_t, four_h, b, panels.panel(u), four_h, out, width);
+                        kernel.panel_product_tiled(
+                            stream,
+                            da_t_tiles,
+                            da_t,
+                            four_h,
+                            b,
+                            panels.panel(u),
+                            four_h,
+                            out,
+                            width,
+                        );
                     }
                 }
                 for bi in 0..b {
@@ -570,4 +635,11 @@ impl FusedLstmOp {
             Some(Tensor::from_vec(dextra, 4 * h + 2 * b * h, device)?),
         ))
     }
+}
+
+/// Whether a member's `panels` panels of depth `k` outgrow a core's L2 (1-2 MB on current x86
+/// server cores; the panels share it with the step's other data), so that each step streams them
+/// from L3 and the step kernel should prefetch.
+fn streams_from_l3(panels: usize, k: usize) -> bool {
+    panels * k * PANEL * std::mem::size_of::<f32>() > 512 * 1024
 }

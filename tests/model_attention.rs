@@ -117,3 +117,50 @@ fn the_streaming_step_matches_pytorch_position_by_position() {
         );
     }
 }
+
+/// Run to run, every gradient is the same to the bit: per-sequence parts (the relative-bias
+/// gradient, the loss) are summed in sequence order, not in the order rayon's threads finish.
+#[test]
+fn gradients_repeat_bit_for_bit_at_a_batch_of_many_sequences() {
+    let (model, varmap) = model_from_fixture(&fixture());
+    let (batch, time) = (13usize, 21usize);
+    let ids: Vec<u32> = (0..batch * time).map(|i| (i * 37 % 390) as u32).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|i| (i * 11 % 390) as u32).collect();
+    let ids = Tensor::from_vec(ids, (batch, time), &Device::Cpu).unwrap();
+    let targets = Tensor::from_vec(targets, batch * time, &Device::Cpu).unwrap();
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    let run = || {
+        let loss = model
+            .loss_with(&ids, &targets, None, Recurrence::Auto)
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let mut all = bits(&loss);
+        for name in &names {
+            all.extend(bits(grads.get(vars[name].as_tensor()).unwrap()));
+        }
+        all
+    };
+    let first = run();
+    // More threads than cores, so that which thread finishes which sequences varies run to run.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(7)
+        .build()
+        .unwrap();
+    for _ in 0..30 {
+        assert!(
+            pool.install(run) == first,
+            "a gradient changed between identical runs"
+        );
+    }
+}

@@ -307,7 +307,7 @@ impl CustomOp2 for BandAttentionOp {
         let mut dqkv = vec![0f32; b * t * 3 * hidden];
         let dbias = with_values(qkv, |qkv: &[f32]| {
             with_values(grad_res, |grad: &[f32]| {
-                Ok(dqkv
+                let per_sequence: Vec<Vec<f32>> = dqkv
                     .par_chunks_mut(t * 3 * hidden)
                     .enumerate()
                     .map(|(bi, dqkv)| {
@@ -316,13 +316,14 @@ impl CustomOp2 for BandAttentionOp {
                         let grad = &grad[bi * t * hidden..][..t * hidden];
                         simd_backward(self.simd, &dm, rows, grad, probs, dqkv)
                     })
-                    .reduce(
-                        || vec![0f32; heads * window],
-                        |mut a, b| {
-                            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                            a
-                        },
-                    ))
+                    .collect();
+                // Summed in sequence order: rayon's reduction tree depends on scheduling, and a
+                // different order of float additions would make two runs of one seed diverge.
+                let mut total = vec![0f32; heads * window];
+                for part in per_sequence {
+                    total.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+                }
+                Ok(total)
             })
         })?;
         let device = qkv.device();

@@ -83,7 +83,8 @@ impl CustomOp3 for OutputLossOp {
         let simd = self.simd;
         // The bias is the last column of wb: gathered once, not once per row.
         let bias: Vec<f32> = (0..vocab).map(|v| wb[v * width + hidden]).collect();
-        let total: f64 = probs
+        // Row losses summed in row order (rayon's own reduction tree depends on scheduling).
+        let row_losses: Vec<f64> = probs
             .par_chunks_mut(vocab)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
@@ -98,7 +99,8 @@ impl CustomOp3 for OutputLossOp {
                 // -log softmax(target) = log sum e^(l - max) + max - l_target
                 (sum.ln() + max - target_logit) as f64
             })
-            .sum();
+            .collect();
+        let total: f64 = row_losses.iter().sum();
         if self.keep_for_backward {
             *self
                 .probabilities

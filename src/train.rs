@@ -22,6 +22,11 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{time_stretch, transpose};
 
+mod history;
+pub mod runs;
+pub mod samples;
+pub use history::{Ema, MAX_POINTS, RunHistory, StepPoint, ValidationPoint};
+
 /// Keeps the weight-initialisation stream apart from the data stream of the same seed.
 const INIT_SEED_SALT: u64 = 0x1b17_5eed;
 
@@ -67,6 +72,9 @@ pub struct TrainConfig {
     /// At most this many fixed validation crops of `seq_len + 1` events.
     pub validation_crops: usize,
     pub checkpoint_every: u64,
+    /// Write two samples (`train::samples`) every N steps; 0: only when asked.
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u64,
     pub augment: bool,
     pub seed: u64,
     pub device: DeviceChoice,
@@ -86,11 +94,16 @@ impl Default for TrainConfig {
             validate_every: 200,
             validation_crops: 64,
             checkpoint_every: 500,
+            sample_every: default_sample_every(),
             augment: true,
             seed: 1,
             device: DeviceChoice::Auto,
         }
     }
+}
+
+fn default_sample_every() -> u64 {
+    500
 }
 
 /// Upper bounds on a run's settings (see [`TrainConfig::validate`]).
@@ -123,6 +136,7 @@ impl TrainConfig {
         check_positive("clip", self.clip, 1e6)?;
         check("validate-every", self.validate_every, 0..=MAX_STEPS)?;
         check("checkpoint-every", self.checkpoint_every, 0..=MAX_STEPS)?;
+        check("sample-every", self.sample_every, 0..=MAX_STEPS)?;
         check(
             "validation crops",
             self.validation_crops,
@@ -203,6 +217,10 @@ pub enum TrainEvent {
         eta_s: f64,
         /// The process's peak resident memory so far, where the system reports it.
         peak_rss_bytes: Option<u64>,
+        /// The global gradient norm before clipping.
+        grad_norm: f64,
+        /// Seconds of training so far (pauses excluded; carried across resumes).
+        wall_s: f64,
     },
     Validation {
         step: u64,
@@ -222,6 +240,13 @@ pub enum TrainEvent {
     Checkpoint {
         step: u64,
         path: PathBuf,
+    },
+    /// Samples of the model at `step` were written (`train::samples`).
+    Samples {
+        step: u64,
+        files: Vec<PathBuf>,
+        /// How long making them took (training was held meanwhile).
+        seconds: f64,
     },
     Finished {
         step: u64,
@@ -244,6 +269,8 @@ pub struct TrainControl {
     pub abandon: Arc<AtomicBool>,
     /// Set by the run while it writes a checkpoint, so a signal handler knows not to exit.
     pub saving: Arc<AtomicBool>,
+    /// Make samples after the current step ("Sample now").
+    pub sample_now: Arc<AtomicBool>,
 }
 
 impl TrainControl {
@@ -267,6 +294,10 @@ impl TrainControl {
     pub fn request_checkpoint(&self) {
         self.checkpoint_now.store(true, Ordering::SeqCst);
     }
+
+    pub fn request_samples(&self) {
+        self.sample_now.store(true, Ordering::SeqCst);
+    }
 }
 
 /// `trainer.json`: everything beyond the weights and moments that an exact resume needs.
@@ -275,11 +306,90 @@ pub struct TrainerState {
     pub config: TrainConfig,
     pub step: u64,
     pub rng: Rng,
-    /// (step, training loss) for every step.
-    pub losses: Vec<(u64, f64)>,
-    /// (step, validation NLL).
-    pub validations: Vec<(u64, f64)>,
+    /// The per-step curves (thinned for long runs) and every validation.
+    #[serde(default)]
+    pub history: RunHistory,
     pub elapsed_s: f64,
+    /// The device the run last trained on (`cpu`, `cuda`, `metal`).
+    #[serde(default)]
+    pub device: String,
+    /// Histories written before `history` existed: (step, loss) for every step and (step, NLL);
+    /// read once into `history`, never written.
+    #[serde(default, skip_serializing)]
+    losses: Vec<(u64, f64)>,
+    #[serde(default, skip_serializing)]
+    validations: Vec<(u64, f64)>,
+    /// The last few losses, for the checkpoint's `train_loss`.
+    #[serde(skip)]
+    recent_losses: std::collections::VecDeque<f64>,
+}
+
+/// `train_loss` in `config.json` is the mean of this many last steps.
+const RECENT_LOSSES: usize = 50;
+
+impl TrainerState {
+    fn new(config: TrainConfig) -> Self {
+        TrainerState {
+            rng: Rng::new(config.seed),
+            config,
+            step: 0,
+            history: RunHistory::default(),
+            elapsed_s: 0.0,
+            device: String::new(),
+            losses: Vec::new(),
+            validations: Vec::new(),
+            recent_losses: Default::default(),
+        }
+    }
+
+    /// Moves an old file's full loss lists into the compact history.
+    fn upgrade_history(&mut self) {
+        let (losses, validations) = (
+            std::mem::take(&mut self.losses),
+            std::mem::take(&mut self.validations),
+        );
+        if losses.is_empty() && validations.is_empty() {
+            return;
+        }
+        let per_step = self.elapsed_s / self.step.max(1) as f64;
+        for (step, loss) in losses {
+            self.history.push_step(StepPoint {
+                step,
+                loss: loss as f32,
+                lr: self.config.lr_at(step.saturating_sub(1)) as f32,
+                // Not recorded by those versions (0: unknown; JSON has no NaN).
+                grad_norm: 0.0,
+                tokens_per_s: 0.0,
+                wall_s: (per_step * step as f64) as f32,
+            });
+        }
+        for (step, nll) in validations {
+            self.history.push_validation(ValidationPoint {
+                step,
+                nll,
+                wall_s: per_step * step as f64,
+            });
+        }
+    }
+
+    fn record_step(&mut self, point: StepPoint, loss: f64) {
+        self.recent_losses.push_back(loss);
+        if self.recent_losses.len() > RECENT_LOSSES {
+            self.recent_losses.pop_front();
+        }
+        self.history.push_step(point);
+    }
+
+    /// The mean of the last steps' losses (from the history after a resume).
+    fn recent_loss(&self) -> Option<f64> {
+        let recent: Vec<f64> = if self.recent_losses.is_empty() {
+            let points = self.history.points.iter().rev().take(RECENT_LOSSES);
+            points.map(|p| p.loss as f64).collect()
+        } else {
+            self.recent_losses.iter().copied().collect()
+        };
+        (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +467,14 @@ fn run(
     }
     let val_crops = validation_crops(&data.validation, need, cfg.validation_crops);
     let starts = piece_starts(&data.train);
+    let primer = samples::fixed_primer(
+        if data.validation.is_empty() {
+            &data.train
+        } else {
+            &data.validation
+        },
+        samples::PRIMER_SECONDS,
+    );
     on_event(TrainEvent::Started {
         start_step: s.state.step,
         total_steps: cfg.steps,
@@ -397,6 +515,9 @@ fn run(
                 if control.checkpoint_now.swap(false, Ordering::SeqCst) {
                     save(&mut s, data, out, control, on_event)?;
                 }
+                if control.sample_now.swap(false, Ordering::SeqCst) {
+                    make_samples(&s, out, primer.as_ref(), on_event);
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             on_event(TrainEvent::Resumed { step: s.state.step });
@@ -426,11 +547,21 @@ fn run(
             return Err(non_finite(step + 1, norm, &s));
         }
         s.state.step += 1;
-        s.state.losses.push((s.state.step, loss_value));
         let secs = t0.elapsed().as_secs_f64();
         s.state.elapsed_s += secs;
         let avg = step_secs.map_or(secs, |a| 0.9 * a + 0.1 * secs);
         step_secs = Some(avg);
+        s.state.record_step(
+            StepPoint {
+                step: s.state.step,
+                loss: loss_value as f32,
+                lr: lr as f32,
+                grad_norm: norm as f32,
+                tokens_per_s: finite_or_zero(tokens_per_step / secs) as f32,
+                wall_s: s.state.elapsed_s as f32,
+            },
+            loss_value,
+        );
         on_event(TrainEvent::Step {
             step: s.state.step,
             loss: loss_value,
@@ -438,17 +569,27 @@ fn run(
             tokens_per_s: tokens_per_step / avg,
             eta_s: avg * (cfg.steps - s.state.step) as f64,
             peak_rss_bytes: crate::memory::peak_resident_bytes(),
+            grad_norm: norm,
+            wall_s: s.state.elapsed_s,
         });
         let last = s.state.step == cfg.steps;
         if cfg.validate_every > 0
             && (s.state.step % cfg.validate_every == 0 || last)
             && let Some(nll) = evaluate_crops(&s.model, &val_crops, cfg.batch, &s.device)?
         {
-            s.state.validations.push((s.state.step, nll));
+            s.state.history.push_validation(ValidationPoint {
+                step: s.state.step,
+                nll,
+                wall_s: s.state.elapsed_s,
+            });
             on_event(TrainEvent::Validation {
                 step: s.state.step,
                 nll,
             });
+        }
+        let sample_due = cfg.sample_every > 0 && s.state.step % cfg.sample_every == 0;
+        if sample_due || control.sample_now.swap(false, Ordering::SeqCst) {
+            make_samples(&s, out, primer.as_ref(), on_event);
         }
         let periodic = cfg.checkpoint_every > 0 && s.state.step % cfg.checkpoint_every == 0;
         if (periodic || control.checkpoint_now.swap(false, Ordering::SeqCst)) && !last {
@@ -465,7 +606,7 @@ fn run(
         checkpoint: out.to_path_buf(),
         step: s.state.step,
         stopped_early,
-        last_validation: s.state.validations.last().map(|v| v.1),
+        last_validation: s.state.history.validations.last().map(|v| v.nll),
     };
     on_event(TrainEvent::Finished {
         step: outcome.step,
@@ -473,6 +614,32 @@ fn run(
         stopped_early,
     });
     Ok(outcome)
+}
+
+/// Writes the samples of the current weights; a failure is reported and training goes on (a
+/// full disk shows at the next checkpoint, which does stop the run).
+fn make_samples(
+    s: &Session,
+    out: &Path,
+    primer: Option<&crate::performance::Performance>,
+    on_event: &mut dyn FnMut(TrainEvent),
+) {
+    let t0 = Instant::now();
+    match samples::write_samples(&s.model, out, s.state.step, primer) {
+        Ok(files) => on_event(TrainEvent::Samples {
+            step: s.state.step,
+            files,
+            seconds: t0.elapsed().as_secs_f64(),
+        }),
+        Err(message) => on_event(TrainEvent::Notice {
+            message: format!("no samples at step {}: {message}", s.state.step),
+        }),
+    }
+}
+
+/// JSON has no NaN or infinity (a zero-length step would give one).
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
 }
 
 fn non_finite(step: u64, loss: f64, s: &Session) -> TrainError {
@@ -500,7 +667,8 @@ pub fn saved_config(out: &Path) -> Result<TrainConfig, TrainError> {
 fn read_trainer_state(out: &Path, meta: &CheckpointMeta) -> Result<TrainerState, TrainError> {
     let json = checkpoint::read_trainer_json(out)?;
     let bad = |what: String| TrainError::Setup(format!("{}: trainer.json: {what}", out.display()));
-    let state: TrainerState = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+    let mut state: TrainerState = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+    state.upgrade_history();
     state.config.validate().map_err(bad)?;
     if state.config.model != meta.model {
         return Err(bad("its model differs from config.json's".into()));
@@ -517,6 +685,7 @@ fn read_trainer_state(out: &Path, meta: &CheckpointMeta) -> Result<TrainerState,
     if !(state.elapsed_s.is_finite() && state.elapsed_s >= 0.0) {
         return Err(bad(format!("elapsed_s is {}", state.elapsed_s)));
     }
+    state.history.check(state.step).map_err(bad)?;
     Ok(state)
 }
 
@@ -590,16 +759,10 @@ fn open_session(
         state.config.model.dropout = config.model.dropout;
         (state.config.model.clone(), state)
     } else {
-        let state = TrainerState {
-            config: config.clone(),
-            step: 0,
-            rng: Rng::new(config.seed),
-            losses: Vec::new(),
-            validations: Vec::new(),
-            elapsed_s: 0.0,
-        };
-        (config.model.clone(), state)
+        (config.model.clone(), TrainerState::new(config.clone()))
     };
+    let mut state = state;
+    state.device = crate::device::describe(&device).into();
     let varmap = VarMap::new();
     let model = MusicModel::new(
         &model_config,
@@ -808,10 +971,8 @@ fn save(
 fn write_checkpoint(s: &Session, data: &TrainData, out: &Path) -> Result<(), TrainError> {
     let mut meta = CheckpointMeta::new(s.model.config.clone(), data.summary.clone());
     meta.step = s.state.step;
-    meta.validation_nll = s.state.validations.last().map(|v| v.1);
-    let recent: Vec<f64> = s.state.losses.iter().rev().take(50).map(|l| l.1).collect();
-    meta.train_loss =
-        (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
+    meta.validation_nll = s.state.history.validations.last().map(|v| v.nll);
+    meta.train_loss = s.state.recent_loss();
     let trainer_json = serde_json::to_string(&s.state)
         .map_err(|e| TrainError::Setup(format!("cannot serialise the trainer state: {e}")))?;
     checkpoint::save(

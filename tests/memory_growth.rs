@@ -211,7 +211,7 @@ fn the_studios_training_job_keeps_no_memory_from_step_to_step() {
     // at the end) and while it is paused between steps: this thread samples, so a running step's
     // buffers would otherwise be counted at whatever point the step happened to be.
     let sample_paused = |panel: &mut TrainPanel, after: f64| -> (f64, isize) {
-        while panel.losses.last().map_or(0.0, |l| l[0]) < after {
+        while (panel.live.last_step() as f64) < after {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the run reached step {after}"
@@ -225,7 +225,7 @@ fn the_studios_training_job_keeps_no_memory_from_step_to_step() {
             panel.poll();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let step = panel.losses.last().map_or(0.0, |l| l[0]);
+        let step = panel.live.last_step() as f64;
         let bytes = live_bytes();
         panel.set_paused(false);
         (step, bytes)

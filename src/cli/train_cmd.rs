@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps, and always at the end [default: 500].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Write two samples (from silence, and continuing a validation primer) to
+    /// <out>/samples/step-NNNNN-*.mid every N steps; 0: never [default: 500].
+    #[arg(long)]
+    pub sample_every: Option<u64>,
     /// Seed of the weights and the data order [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -115,6 +119,7 @@ impl TrainArgs {
         c.warmup = self.warmup.unwrap_or(c.warmup);
         c.validate_every = self.validate_every.unwrap_or(c.validate_every);
         c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
+        c.sample_every = self.sample_every.unwrap_or(c.sample_every);
         c.seed = self.seed.unwrap_or(c.seed);
         c.device = self.device.unwrap_or(c.device);
         if self.no_augment {
@@ -263,6 +268,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 say(format!("step {step}: checkpoint {}", path.display()));
             }
             TrainEvent::Notice { message } => say(format!("note: {message}")),
+            TrainEvent::Samples {
+                step,
+                files,
+                seconds,
+            } => say(format!(
+                "step {step}: {} samples in {seconds:.1} s ({})",
+                files.len(),
+                files
+                    .first()
+                    .and_then(|f| f.parent())
+                    .map_or(String::new(), |d| d.display().to_string())
+            )),
             TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
             TrainEvent::Finished {
                 step,

@@ -18,6 +18,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_FILE: &str = "trainer.json";
+/// A run's samples (`train::samples`): not part of the checkpoint, but carried through its swaps.
+pub const SAMPLES_DIR: &str = "samples";
 
 /// What the data a model was trained on looked like.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -151,6 +153,7 @@ pub fn save(
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let written = write_files(&tmp, meta, weights, resume)
         .and_then(|()| carry_run_marker(dir, &tmp))
+        .and_then(|()| carry_samples(dir, &tmp))
         .and_then(|()| write_synced(&tmp.join(COMPLETE_MARKER), b"complete\n"))
         .and_then(|()| sync_dir(&tmp));
     if let Err(e) = written {
@@ -192,6 +195,33 @@ fn carry_run_marker(dir: &Path, tmp: &Path) -> Result<(), CheckpointError> {
         }
         _ => Ok(()),
     }
+}
+
+/// Keeps the run's `samples/` across the swap: each file is hard-linked (copied where a link is
+/// refused) into the staged folder before it is marked complete, so whichever folder a kill
+/// leaves in place holds them. Only plain files with a sample's name are carried: the folder is
+/// the run's own.
+fn carry_samples(dir: &Path, tmp: &Path) -> Result<(), CheckpointError> {
+    let from = dir.join(SAMPLES_DIR);
+    let Ok(entries) = std::fs::read_dir(&from) else {
+        return Ok(());
+    };
+    let to = tmp.join(SAMPLES_DIR);
+    std::fs::create_dir(&to).map_err(io_err(&to))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_sample = name.to_string_lossy().starts_with("step-")
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_sample {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
+            sync_file(&dst)?;
+        }
+    }
+    sync_dir(&to)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {

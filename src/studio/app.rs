@@ -18,6 +18,7 @@ use super::path_entry::{PathEntry, PathPurpose, timed};
 use super::piano_roll::{PianoRoll, RollAction};
 use super::session::TakeStore;
 use super::train_panel::{TrainPanel, TrainPanelEvent, TrainSettings};
+use super::training_view::{TrainingView, ViewAction};
 use super::unsaved::{Choice, PendingAction};
 use crate::audio::{PianoSoundFont, render_performance, write_wav};
 use crate::live_midi::{MidiIn, MidiOut, PortChoice};
@@ -31,6 +32,14 @@ pub enum Tab {
     Library,
 }
 
+/// What the central area shows while the Train tab is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Central {
+    #[default]
+    Roll,
+    Training,
+}
+
 /// Everything that persists across restarts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -39,6 +48,7 @@ pub struct StudioSettings {
     pub train: TrainSettings,
     pub roll: PianoRoll,
     pub tab: Tab,
+    pub central: Central,
     pub recent_files: Vec<PathBuf>,
     pub library_folders: Vec<PathBuf>,
     pub volume: f32,
@@ -52,6 +62,7 @@ impl Default for StudioSettings {
             train: TrainSettings::default(),
             roll: PianoRoll::default(),
             tab: Tab::Generate,
+            central: Central::Roll,
             recent_files: Vec::new(),
             library_folders: Vec::new(),
             volume: 0.8,
@@ -89,8 +100,11 @@ pub struct Studio {
     pub roll: PianoRoll,
     pub generate: GeneratePanel,
     pub train: TrainPanel,
+    pub training_view: TrainingView,
     pub library: LibraryPanel,
     pub tab: Tab,
+    /// Roll or training view (the latter only while the Train tab is open).
+    pub central: Central,
     pub status: Status,
     recent_files: Vec<PathBuf>,
     volume: f32,
@@ -126,9 +140,11 @@ impl Studio {
             doc: Document::default(),
             roll: settings.roll,
             generate: GeneratePanel::new(settings.generate),
+            training_view: TrainingView::new(settings.train.view.clone()),
             train: TrainPanel::new(settings.train),
             library: LibraryPanel::new(&folders),
             tab: settings.tab,
+            central: settings.central,
             status: Status::default(),
             recent_files: settings.recent_files,
             volume: settings.volume,
@@ -172,9 +188,13 @@ impl Studio {
     pub fn settings(&self) -> StudioSettings {
         StudioSettings {
             generate: self.generate.settings.clone(),
-            train: self.train.settings.clone(),
+            train: TrainSettings {
+                view: self.training_view.settings.clone(),
+                ..self.train.settings.clone()
+            },
             roll: self.roll.clone(),
             tab: self.tab,
+            central: self.central,
             recent_files: self.recent_files.clone(),
             library_folders: self.library.folders(),
             volume: self.volume,
@@ -380,16 +400,49 @@ impl Studio {
         for e in events {
             match e {
                 TrainPanelEvent::Checkpoint(path) => {
+                    // The run's final checkpoint: the runs list shows it as it now is.
+                    self.training_view.runs = None;
                     self.generate.add_checkpoint(path.clone());
                     self.say(format!(
                         "checkpoint {} is ready in the Generate tab",
                         path.display()
                     ));
                 }
+                TrainPanelEvent::OpenView => self.central = Central::Training,
                 TrainPanelEvent::Message(m) => self.say(m),
                 TrainPanelEvent::Error(m) => self.fail(m),
             }
         }
+    }
+
+    fn handle_view_actions(&mut self, actions: Vec<ViewAction>, ctx: &egui::Context) {
+        for a in actions {
+            match a {
+                ViewAction::Play(path) => {
+                    self.central = Central::Roll;
+                    self.request_open(path.clone());
+                    if self.doc.path.as_deref() == Some(path.as_path()) {
+                        self.env.output.stop();
+                        self.toggle_play();
+                    }
+                }
+                ViewAction::Resume(folder) => {
+                    if let Err(e) = self.train.resume_run(Some(ctx.clone()), folder) {
+                        self.fail(e);
+                    }
+                }
+                ViewAction::Message(m) => self.say(m),
+                ViewAction::Error(m) => self.fail(m),
+            }
+        }
+    }
+
+    /// The Train tab's toggle between the roll and the training view.
+    fn central_toggle(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.central, Central::Roll, "Piano roll");
+            ui.selectable_value(&mut self.central, Central::Training, "Training view");
+        });
     }
 
     fn shortcuts(&mut self, ui: &mut Ui) {
@@ -878,7 +931,23 @@ impl Studio {
                         }
                     });
             });
+        // The thumbnail follows the view's smoothing.
+        self.train.settings.view.smoothing = self.training_view.settings.smoothing;
+        let training_view = self.tab == Tab::Train && self.central == Central::Training;
+        if training_view {
+            egui::CentralPanel::default().show(ui, |ui| {
+                self.central_toggle(ui);
+                let actions = self
+                    .training_view
+                    .ui(ui, &self.train, self.env.dialogs.as_ref());
+                self.handle_view_actions(actions, &ctx);
+            });
+            return;
+        }
         egui::CentralPanel::default().show(ui, |ui| {
+            if self.tab == Tab::Train {
+                self.central_toggle(ui);
+            }
             self.roll_width = ui.available_width();
             if std::mem::take(&mut self.fit_pending) {
                 self.roll.fit(&self.doc, ui.available_size());

@@ -20,6 +20,16 @@ impl<M> JobSender<M> {
         }
         sent
     }
+
+    /// Sends a message and wakes the UI within `within`, not at once: many of these in a burst
+    /// (training steps) cost one repaint per `within`, however fast they come.
+    pub fn send_unhurried(&self, message: M, within: std::time::Duration) -> bool {
+        let sent = self.tx.send(message).is_ok();
+        if let Some(ctx) = &self.ctx {
+            ctx.request_repaint_after(within);
+        }
+        sent
+    }
 }
 
 pub struct Job<M> {

@@ -2,6 +2,7 @@
 
 mod app;
 mod busy;
+mod curves;
 pub mod dialogs;
 pub mod document;
 pub mod generate_panel;
@@ -10,13 +11,15 @@ pub mod library_panel;
 pub mod outputs;
 mod path_entry;
 pub mod piano_roll;
+mod png_export;
 pub mod session;
 pub mod train_panel;
+pub mod training_view;
 pub mod unsaved;
 
 use std::sync::Arc;
 
-pub use app::{Status, Studio, StudioEnv, StudioSettings, Tab};
+pub use app::{Central, Status, Studio, StudioEnv, StudioSettings, Tab};
 
 use crate::audio::PianoSoundFont;
 use crate::live_midi::{MidirIn, MidirOut};

@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use egui::Ui;
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Line, Plot, Points};
 use serde::{Deserialize, Serialize};
+
+use super::curves::{CurveOptions, Curves};
 
 use super::dialogs::Dialogs;
 use super::jobs::Job;
 use crate::corpus::{Corpus, CorpusSummary};
 use crate::device::DeviceChoice;
 use crate::model::{ModelConfig, ModelKind};
-use crate::train::{TrainConfig, TrainControl, TrainData, TrainEvent, train};
+use crate::train::samples::{SampleFile, list_samples};
+use crate::train::{
+    RunHistory, StepPoint, TrainConfig, TrainControl, TrainData, TrainEvent, ValidationPoint, train,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSettings {
@@ -36,6 +41,15 @@ pub struct TrainSettings {
     pub seq: usize,
     pub lr: f64,
     pub device: DeviceChoice,
+    /// Samples every N steps (0: only Sample now).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u64,
+    #[serde(default)]
+    pub view: super::training_view::TrainingViewSettings,
+}
+
+fn default_sample_every() -> u64 {
+    500
 }
 
 impl Default for TrainSettings {
@@ -58,6 +72,8 @@ impl Default for TrainSettings {
             seq: 256,
             lr: 1e-3,
             device: DeviceChoice::Auto,
+            sample_every: default_sample_every(),
+            view: Default::default(),
         }
     }
 }
@@ -75,6 +91,8 @@ enum TrainMsg {
 pub enum TrainPanelEvent {
     /// A run finished or stopped with a checkpoint here.
     Checkpoint(PathBuf),
+    /// The thumbnail was clicked: show the training view.
+    OpenView,
     Message(String),
     Error(String),
 }
@@ -87,8 +105,15 @@ pub struct TrainPanel {
     pub corpus: Option<Arc<Corpus>>,
     run: Option<(Job<TrainMsg>, TrainControl)>,
     paused: bool,
-    pub losses: Vec<[f64; 2]>,
-    pub validations: Vec<[f64; 2]>,
+    /// The current (or last) run's curves: every step as it arrives, thinned as the engine
+    /// thins `trainer.json`; read back from the checkpoint for a resumed run.
+    pub live: RunHistory,
+    /// The current run's samples, by step.
+    pub samples: Vec<SampleFile>,
+    /// The settings of the current (or last) run.
+    run_config: Option<TrainConfig>,
+    /// The side panel's thumbnail of the loss.
+    thumbnail: Curves,
     tokens_per_s: f64,
     eta_s: f64,
     peak_rss_bytes: Option<u64>,
@@ -117,11 +142,26 @@ impl TrainPanel {
             .out_dir
             .as_deref()
             .and_then(crate::run_folder::unfinished_run);
-        TrainPanel {
+        let mut panel = TrainPanel {
             settings,
             unfinished,
             ..Default::default()
+        };
+        // The last run's curves, samples and settings come back from its checkpoint.
+        if let Some(run) = panel
+            .settings
+            .out_dir
+            .as_deref()
+            .filter(|d| crate::model::checkpoint::is_checkpoint(d))
+            .and_then(|d| crate::train::runs::read_run(d).ok())
+        {
+            panel.live = run.history;
+            panel.samples = run.samples;
+            panel.run_config = run.config;
+            panel.step = run.step;
+            panel.total_steps = run.total_steps.unwrap_or(run.step);
         }
+        panel
     }
 
     /// The last run, if it died without finishing.
@@ -138,7 +178,26 @@ impl TrainPanel {
                 run.folder.display()
             ));
         }
-        self.settings.out_dir = Some(run.folder);
+        self.resume_run(ctx, run.folder)
+    }
+
+    /// Continues the run in `folder` (from the runs list or a dead run). Without a scanned corpus
+    /// it scans the data folder first: the panel's, or else the one the checkpoint was trained on.
+    pub fn resume_run(
+        &mut self,
+        ctx: Option<egui::Context>,
+        folder: PathBuf,
+    ) -> Result<(), String> {
+        if self.run.is_some() {
+            return Err("a run is going: stop it first".into());
+        }
+        if self.settings.data_dir.is_none()
+            && let Ok(meta) = crate::model::checkpoint::read_meta(&folder)
+            && !meta.data.root.is_empty()
+        {
+            self.settings.data_dir = Some(PathBuf::from(meta.data.root));
+        }
+        self.settings.out_dir = Some(folder);
         self.resume = true;
         if self.corpus.is_some() {
             return self.start(ctx);
@@ -151,6 +210,11 @@ impl TrainPanel {
         self.resume_after_scan = true;
         self.scan(ctx, dir);
         Ok(())
+    }
+
+    /// The settings of the current (or last) run.
+    pub fn run_config(&self) -> Option<&TrainConfig> {
+        self.run_config.as_ref()
     }
 
     pub fn is_training(&self) -> bool {
@@ -218,6 +282,7 @@ impl TrainPanel {
             warmup: (s.steps / 10).min(200),
             validate_every: (s.steps / 20).clamp(1, 200),
             checkpoint_every: (s.steps / 10).clamp(1, 500),
+            sample_every: s.sample_every,
             device: s.device,
             ..TrainConfig::default()
         }
@@ -237,6 +302,7 @@ impl TrainPanel {
         s.batch = c.batch;
         s.seq = c.seq_len;
         s.lr = c.lr;
+        s.sample_every = c.sample_every;
     }
 
     /// Starts (or with `resume`, continues) a run on the scanned corpus.
@@ -258,6 +324,7 @@ impl TrainPanel {
                 e.to_string()
             })?;
             saved.device = self.settings.device;
+            saved.sample_every = self.settings.sample_every;
             self.show_settings_of(&saved);
             saved
         } else {
@@ -267,16 +334,27 @@ impl TrainPanel {
         let control = TrainControl::default();
         let job_control = control.clone();
         let resume = std::mem::take(&mut self.resume);
-        if !resume {
-            self.losses.clear();
-            self.validations.clear();
-        }
+        // A resume shows the run's curves so far, read back from its checkpoint.
+        let earlier = resume
+            .then(|| crate::train::runs::read_run(&out).ok())
+            .flatten();
+        self.live = earlier
+            .as_ref()
+            .map(|r| r.history.clone())
+            .unwrap_or_default();
+        self.samples = list_samples(&out);
+        self.run_config = Some(config.clone());
         self.started = Some(Instant::now());
         self.paused = false;
         let job = Job::spawn(ctx, "train", move |tx, _cancel| {
             let data = TrainData::from_corpus(&corpus);
             let mut on_event = |e: TrainEvent| {
-                tx.send(TrainMsg::Event(e));
+                // Steps wake the UI at most ten times a second, whatever the step rate.
+                if matches!(e, TrainEvent::Step { .. }) {
+                    tx.send_unhurried(TrainMsg::Event(e), std::time::Duration::from_millis(100));
+                } else {
+                    tx.send(TrainMsg::Event(e));
+                }
             };
             // Failures arrive as a `Failed` event too.
             let _ = train(&data, &config, &out, resume, &job_control, &mut on_event);
@@ -372,19 +450,43 @@ impl TrainPanel {
                     TrainEvent::Step {
                         step,
                         loss,
+                        lr,
                         tokens_per_s,
                         eta_s,
                         peak_rss_bytes,
-                        ..
+                        grad_norm,
+                        wall_s,
                     } => {
                         self.peak_rss_bytes = peak_rss_bytes;
                         self.step = step;
-                        self.losses.push([step as f64, loss]);
+                        self.live.push_step(StepPoint {
+                            step,
+                            loss: loss as f32,
+                            lr: lr as f32,
+                            grad_norm: grad_norm as f32,
+                            tokens_per_s: tokens_per_s as f32,
+                            wall_s: wall_s as f32,
+                        });
                         self.tokens_per_s = tokens_per_s;
                         self.eta_s = eta_s;
                     }
                     TrainEvent::Validation { step, nll } => {
-                        self.validations.push([step as f64, nll])
+                        let wall_s = self.live.wall_s();
+                        self.live
+                            .push_validation(ValidationPoint { step, nll, wall_s });
+                    }
+                    TrainEvent::Samples {
+                        step,
+                        files,
+                        seconds,
+                    } => {
+                        if let Some(out) = &self.settings.out_dir {
+                            self.samples = list_samples(out);
+                        }
+                        events.push(TrainPanelEvent::Message(format!(
+                            "step {step}: {} samples in {seconds:.1} s",
+                            files.len()
+                        )));
                     }
                     TrainEvent::Paused { .. } => self.paused = true,
                     TrainEvent::Resumed { .. } => self.paused = false,
@@ -558,6 +660,12 @@ impl TrainPanel {
                         .speed(1e-5),
                 );
                 ui.end_row();
+                labelled(
+                    ui,
+                    "sample every",
+                    egui::DragValue::new(&mut s.sample_every).range(0..=1_000_000),
+                );
+                ui.end_row();
             });
             egui::ComboBox::from_label("device")
                 .selected_text(s.device.name())
@@ -605,9 +713,16 @@ impl TrainPanel {
                 if ui.button("Checkpoint now").clicked() {
                     control.request_checkpoint();
                 }
+                if ui
+                    .button("Sample now")
+                    .on_hover_text("Two short pieces from the current weights")
+                    .clicked()
+                {
+                    control.request_samples();
+                }
             }
         });
-        if self.run.is_some() || !self.losses.is_empty() {
+        if self.run.is_some() || !self.live.points.is_empty() {
             let elapsed = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
             let memory = self.peak_rss_bytes.map_or(String::new(), |b| {
                 format!("  ·  peak memory {}", crate::memory::format_bytes(b))
@@ -621,34 +736,44 @@ impl TrainPanel {
                 crate::train::format_duration(self.eta_s)
             ));
         }
-        self.plot_ui(ui);
+        if self.thumbnail_ui(ui) {
+            events.push(TrainPanelEvent::OpenView);
+        }
         events
     }
 
-    fn plot_ui(&self, ui: &mut Ui) {
-        let smoothed: Vec<[f64; 2]> = self
-            .losses
-            .iter()
-            .scan(None::<f64>, |ema, &[x, y]| {
-                let v = ema.map_or(y, |e| 0.95 * e + 0.05 * y);
-                *ema = Some(v);
-                Some([x, v])
-            })
-            .collect();
-        Plot::new("loss")
-            .height(200.0)
-            .legend(Legend::default())
-            .x_axis_label("step")
-            .y_axis_label("nats / event")
+    /// A small loss plot (raw, smoothed, validation); true when clicked (or its button is), to
+    /// open the full training view.
+    fn thumbnail_ui(&mut self, ui: &mut Ui) -> bool {
+        let options = CurveOptions {
+            smoothing: self.settings.view.smoothing,
+            ..CurveOptions::default()
+        };
+        self.thumbnail.update(&self.live, options);
+        let c = &self.thumbnail;
+        let plot = Plot::new("loss")
+            .height(150.0)
+            .show_axes([false, true])
+            .allow_drag(false)
+            .allow_zoom(false)
+            .allow_scroll(false)
+            .allow_boxed_zoom(false)
+            .allow_double_click_reset(false)
+            .show_x(false)
+            .show_y(false)
             .show(ui, |plot| {
                 plot.line(
-                    Line::new("training loss", self.losses.clone())
+                    Line::new("training loss", c.loss.as_slice())
                         .color(egui::Color32::from_gray(120)),
                 );
-                plot.line(Line::new("smoothed", smoothed));
-                plot.points(Points::new("validation NLL", self.validations.clone()).radius(3.0));
-                plot.line(Line::new("validation", self.validations.clone()));
+                plot.line(Line::new("smoothed", c.smoothed.as_slice()));
+                plot.points(Points::new("validation NLL", c.validation.as_slice()).radius(3.0));
             });
+        let clicked = plot
+            .response
+            .on_hover_text("Open the training view")
+            .clicked();
+        clicked || ui.button("Open training view").clicked()
     }
 }
 

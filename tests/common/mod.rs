@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod peak_alloc;
+pub mod studio;
 
 pub fn vlq(mut n: u32) -> Vec<u8> {
     let mut out = vec![(n & 0x7f) as u8];

@@ -238,9 +238,9 @@ impl SteeringState {
                 self.new_notes += 1;
             }
             Some(Event::NoteOff(p)) => {
-                if self.onset[p as usize].take().is_some() {
-                    self.sounding -= 1;
-                }
+                // A release of a key not sounding changes nothing.
+                let released = self.onset[p as usize].take();
+                self.sounding -= usize::from(released.is_some());
             }
             Some(Event::TimeShift(k)) => self.step += k as u64,
             Some(Event::Velocity(b)) => self.velocity_bin = Some(b),

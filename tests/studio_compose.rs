@@ -180,3 +180,62 @@ fn export_all_takes_writes_one_file_per_take() {
         assert!(file.to_string_lossy().contains(&entry.seed.to_string()));
     }
 }
+
+#[test]
+fn a_jam_on_the_computer_keyboard_is_answered_and_becomes_a_take() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let midi_out = FakeMidiOut::default();
+    let env = StudioEnv {
+        dialogs: Box::new(dialogs.clone()),
+        output: Box::new(out.clone()),
+        midi_out: Arc::new(midi_out.clone()),
+        midi_in: Box::new(FakeMidiIn::default()),
+        session_root: tempfile::tempdir().unwrap().keep(),
+    };
+    let mut h = harness(Studio::new(env, StudioSettings::default()));
+    h.run();
+    h.get_by_label("Jam (call and response)").click();
+    h.run();
+    h.get_by_label("Start jam").click();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.query_by_label("listening").is_none() {
+        assert!(Instant::now() < deadline, "{:?}", h.state().status);
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Musical typing: A, D, G are C4, E4, G4.
+    for key in [egui::Key::A, egui::Key::D, egui::Key::G] {
+        h.key_down(key);
+        h.step();
+        std::thread::sleep(Duration::from_millis(100));
+        h.key_up(key);
+        h.step();
+    }
+    let ons = || {
+        midi_out
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m[0] & 0xf0 == 0x90)
+            .map(|(_, m)| m[1])
+            .collect::<Vec<u8>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ons().len() <= 3 {
+        assert!(Instant::now() < deadline, "no answer: {:?}", ons());
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The player's notes are echoed (the keyboard has no sound of its own), then the answer.
+    assert_eq!(ons()[..3], [60, 64, 67]);
+    std::thread::sleep(Duration::from_millis(300));
+    h.get_by_label("Stop jam").click();
+    h.run();
+    let takes = &h.state().generate.takes;
+    assert_eq!(takes.len(), 1, "{:?}", h.state().status);
+    assert!(takes[0].name.contains("jam"));
+    assert!(takes[0].take.performance.len() > 3);
+    assert_eq!(h.state().doc.len(), takes[0].take.performance.len());
+}

@@ -13,6 +13,7 @@ pub mod corpus;
 pub mod device;
 pub mod fsutil;
 pub mod generate;
+pub mod jam;
 pub mod live_midi;
 pub mod memory;
 pub mod midi;

@@ -154,7 +154,7 @@ fn virtual_output(
     name: &str,
 ) -> Result<Box<dyn MidiSender>, LiveMidiError> {
     Err(LiveMidiError::Connect(format!(
-        "virtual ports (`{name}`) need Linux or macOS; connect to a loopback port instead"
+        "virtual ports (`{name}`) need Linux or macOS; on Windows install a loopback driver such as loopMIDI and choose its port"
     )))
 }
 

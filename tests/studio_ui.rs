@@ -153,6 +153,8 @@ fn generate_makes_a_take_on_the_roll_and_save_writes_it() {
     let mut s = studio(&dialogs, &out);
     s.generate.add_checkpoint(checkpoint);
     s.generate.settings.seconds = 3.0;
+    // A model trained for 3 steps plays nothing at all for some seeds: keep seed 1, which plays.
+    s.generate.settings.lock_seed = true;
     let mut h = harness(s);
     h.run();
     h.get_by_label("Generate  (Ctrl+G)").click();

@@ -9,9 +9,10 @@ use clap::Args;
 use crate::bounds::check;
 use crate::corpus::{Corpus, Split};
 use crate::device::DeviceChoice;
-use crate::generate::{GenerateConfig, generate};
+use crate::generate::music_terms::{KEY_FORMS, Scale, parse_pitch_range, parse_velocity_range};
+use crate::generate::{Constraints, GenerateConfig, generate, splice};
 use crate::midi::MAX_PIECE_SECONDS;
-use crate::midi::{read_midi, write_midi};
+use crate::midi::{ExportOptions, Grid, export_midi, read_midi, write_midi};
 use crate::model::WeightPrecision;
 use crate::model::checkpoint::load_for_inference;
 use crate::train::{MAX_BATCH, MAX_BATCH_EVENTS, MAX_SEQ, evaluate_stream};
@@ -29,6 +30,10 @@ pub struct GenerateArgs {
     /// How much of the primer to use, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub primer_seconds: f64,
+    /// Write the primer's own notes (unquantised, cut at --primer-seconds) before the new part,
+    /// which then starts exactly at --primer-seconds (or the primer file's end, if sooner).
+    #[arg(long)]
+    pub keep_primer: bool,
     /// Seconds of new music.
     #[arg(long, default_value_t = 30.0)]
     pub seconds: f64,
@@ -57,9 +62,59 @@ pub struct GenerateArgs {
     /// Hold the weights as bfloat16 while sampling (CPU): faster, not bit-identical to f32.
     #[arg(long)]
     pub bf16: bool,
+    /// Keep to a key: "C minor", "F# major", "Bb dorian", "A minor pentatonic", ... (a hard lock:
+    /// no note outside the scale; --key-strength makes it a bias).
+    #[arg(long, value_parser = parse_key)]
+    pub key: Option<Scale>,
+    /// Make --key soft: out-of-scale notes lose this much log-probability (0-50; 2.3 = 10x rarer).
+    #[arg(long)]
+    pub key_strength: Option<f64>,
+    /// Lowest and highest note, e.g. C2..C6 (C4 is middle C) or 36..84.
+    #[arg(long, value_parser = parse_pitch_range)]
+    pub range: Option<(u8, u8)>,
+    /// Target density in notes per second, steered as the piece is sampled.
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// Dynamics: lowest and highest velocity, e.g. 40..96.
+    #[arg(long, value_parser = parse_velocity_range)]
+    pub velocity: Option<(u8, u8)>,
+    /// No new note while this many sound.
+    #[arg(long)]
+    pub max_polyphony: Option<usize>,
+    /// End any note held this long, in seconds (0 = no limit).
+    #[arg(long, default_value_t = crate::generate::constraints::DEFAULT_MAX_NOTE_SECONDS)]
+    pub max_note_seconds: f64,
+    /// Tempo written into the file, so a DAW's bars line up (the music's timing is unchanged).
+    #[arg(long)]
+    pub bpm: Option<f64>,
+    /// Snap onsets and ends to a grid at --bpm: 1/4, 1/8, 1/16, 1/32, or triplets (1/8T).
+    #[arg(long, value_parser = Grid::parse)]
+    pub quantize: Option<Grid>,
+    /// The piano track's name in the file.
+    #[arg(long)]
+    pub track_name: Option<String>,
     /// Where to write the MIDI file.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+fn parse_key(text: &str) -> Result<Scale, String> {
+    Scale::parse(text).map_err(|_| format!("unknown key `{text}`: use {KEY_FORMS}"))
+}
+
+impl GenerateArgs {
+    /// The constraint flags as the engine's [`Constraints`].
+    pub fn constraints(&self) -> Constraints {
+        Constraints {
+            key: self.key,
+            key_strength: self.key_strength,
+            range: self.range,
+            density: self.density,
+            velocity: self.velocity,
+            max_polyphony: self.max_polyphony,
+            max_note_seconds: (self.max_note_seconds != 0.0).then_some(self.max_note_seconds),
+        }
+    }
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
@@ -74,9 +129,28 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     if args.top_p == 0.0 {
         anyhow::bail!("--top-p is 0: it must be above 0 and at most 1 (1 turns it off)");
     }
-    let primer = match &args.primer {
-        Some(path) => Some(read_midi(path)?.first_seconds(args.primer_seconds)),
-        None => None,
+    let export =
+        (args.bpm.is_some() || args.quantize.is_some() || args.track_name.is_some()).then(|| {
+            ExportOptions {
+                bpm: args.bpm.unwrap_or(120.0),
+                quantize: args.quantize,
+                track_name: args.track_name.clone().unwrap_or_else(|| "Piano".into()),
+            }
+        });
+    if let Some(e) = &export {
+        e.validate()
+            .map_err(|e| anyhow::anyhow!("invalid export settings: --{e}"))?;
+    }
+    if args.keep_primer && args.primer.is_none() {
+        anyhow::bail!("--keep-primer needs --primer FILE");
+    }
+    let (primer, primer_length) = match &args.primer {
+        Some(path) => {
+            let full = read_midi(path)?;
+            let length = args.primer_seconds.min(full.end_time());
+            (Some(full.first_seconds(args.primer_seconds)), Some(length))
+        }
+        None => (None, None),
     };
     let config = GenerateConfig {
         temperature: args.temperature,
@@ -92,6 +166,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         } else {
             WeightPrecision::F32
         },
+        constraints: args.constraints(),
+        primer_length: primer_length.filter(|_| args.keep_primer),
     };
     config
         .validate()
@@ -113,12 +189,19 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let events: usize = takes.iter().map(|t| t.events.len()).sum();
     for (i, take) in takes.iter().enumerate() {
         let path = output_path(&args.out, i, takes.len());
-        write_midi(&take.performance, &path)?;
+        let piece = match (&primer, args.keep_primer) {
+            (Some(p), true) => splice(p, take),
+            _ => take.performance.clone(),
+        };
+        match &export {
+            Some(options) => export_midi(&piece, &path, options)?,
+            None => write_midi(&piece, &path)?,
+        }
         eprintln!(
             "{}: {} notes, {:.1} s{}",
             path.display(),
-            take.performance.len(),
-            take.performance.end_time(),
+            piece.len(),
+            piece.end_time(),
             if take.ended_by_model {
                 " (the model ended it)"
             } else {

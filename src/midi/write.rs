@@ -17,18 +17,41 @@ const PIANO_CHANNEL: u8 = 0;
 
 /// The bytes of a format-1 file: a tempo track and one piano track (program 0).
 pub fn midi_bytes(perf: &Performance) -> Result<Vec<u8>, MidiError> {
+    let mut timed: Vec<(u64, bool, u8, u8)> = Vec::with_capacity(perf.notes.len() * 2);
+    for n in &perf.notes {
+        let start = to_tick(n.start);
+        let end = to_tick(n.end).max(start + 1);
+        timed.push((start, true, n.pitch, n.velocity));
+        timed.push((end, false, n.pitch, 0));
+    }
+    smf_bytes(
+        timed,
+        TICKS_PER_QUARTER,
+        WRITE_TEMPO_US_PER_QUARTER,
+        b"Piano",
+    )
+}
+
+/// A format-1 file from `(tick, is_onset, pitch, velocity)` note edges in any order: a tempo
+/// track (`us_per_quarter`, 4/4) and one piano track named `track_name`.
+pub(super) fn smf_bytes(
+    timed: Vec<(u64, bool, u8, u8)>,
+    ticks_per_quarter: u16,
+    us_per_quarter: u32,
+    track_name: &[u8],
+) -> Result<Vec<u8>, MidiError> {
     let header = Header::new(
         Format::Parallel,
-        Timing::Metrical(u15::new(TICKS_PER_QUARTER)),
+        Timing::Metrical(u15::new(ticks_per_quarter)),
     );
     let mut smf = Smf::new(header);
     smf.tracks.push(vec![
         meta(0, MetaMessage::TrackName(b"EchoAI Studio")),
-        meta(0, MetaMessage::Tempo(u24::new(WRITE_TEMPO_US_PER_QUARTER))),
+        meta(0, MetaMessage::Tempo(u24::new(us_per_quarter))),
         meta(0, MetaMessage::TimeSignature(4, 2, 24, 8)),
         meta(0, MetaMessage::EndOfTrack),
     ]);
-    smf.tracks.push(piano_track(perf));
+    smf.tracks.push(piano_track(timed, track_name));
     let mut bytes = Vec::new();
     smf.write_std(&mut bytes)
         .map_err(|e| MidiError::new(MidiErrorKind::Write(e)))?;
@@ -43,26 +66,19 @@ pub fn write_midi(perf: &Performance, path: &Path) -> Result<(), MidiError> {
         .map_err(|e| MidiError::new(MidiErrorKind::Write(e)).at(path))
 }
 
-fn meta(delta: u32, message: MetaMessage<'static>) -> TrackEvent<'static> {
+fn meta<'a>(delta: u32, message: MetaMessage<'a>) -> TrackEvent<'a> {
     TrackEvent {
         delta: u28::new(delta),
         kind: TrackEventKind::Meta(message),
     }
 }
 
-fn piano_track(perf: &Performance) -> Vec<TrackEvent<'static>> {
+fn piano_track(mut timed: Vec<(u64, bool, u8, u8)>, name: &[u8]) -> Vec<TrackEvent<'_>> {
     // (tick, is_onset, pitch, velocity): releases sort before onsets at one tick.
-    let mut timed: Vec<(u64, bool, u8, u8)> = Vec::with_capacity(perf.notes.len() * 2);
-    for n in &perf.notes {
-        let start = to_tick(n.start);
-        let end = to_tick(n.end).max(start + 1);
-        timed.push((start, true, n.pitch, n.velocity));
-        timed.push((end, false, n.pitch, 0));
-    }
     timed.sort_unstable();
     let channel = u4::new(PIANO_CHANNEL);
     let mut track = vec![
-        meta(0, MetaMessage::TrackName(b"Piano")),
+        meta(0, MetaMessage::TrackName(name)),
         TrackEvent {
             delta: u28::new(0),
             kind: TrackEventKind::Midi {
@@ -96,11 +112,7 @@ fn piano_track(perf: &Performance) -> Vec<TrackEvent<'static>> {
 }
 
 /// A delta time holds 28 bits; longer gaps are bridged with no-op text events.
-fn push_with_delta(
-    track: &mut Vec<TrackEvent<'static>>,
-    mut delta: u64,
-    kind: TrackEventKind<'static>,
-) {
+fn push_with_delta<'a>(track: &mut Vec<TrackEvent<'a>>, mut delta: u64, kind: TrackEventKind<'a>) {
     let max = u28::max_value().as_int() as u64;
     while delta > max {
         track.push(meta(max as u32, MetaMessage::Text(b"")));

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::dialogs::{Dialogs, suggested_file_name};
 use super::document::{Document, NoteOrigin};
 use super::generate_panel::{GenerateEvent, GeneratePanel, GenerateSettings, PrimerContext};
+use super::jam_panel::{JamEvent, JamPanel};
 use super::jobs::Job;
 use super::library_panel::LibraryPanel;
 use super::outputs::{AudioOut, MidiPortOut, SynthOut};
@@ -99,6 +100,7 @@ pub struct Studio {
     pub doc: Document,
     pub roll: PianoRoll,
     pub generate: GeneratePanel,
+    pub jam: JamPanel,
     pub train: TrainPanel,
     pub training_view: TrainingView,
     pub library: LibraryPanel,
@@ -141,6 +143,7 @@ impl Studio {
             roll: settings.roll,
             generate: GeneratePanel::new(settings.generate),
             training_view: TrainingView::new(settings.train.view.clone()),
+            jam: JamPanel::default(),
             train: TrainPanel::new(settings.train),
             library: LibraryPanel::new(&folders),
             tab: settings.tab,
@@ -325,6 +328,17 @@ impl Studio {
         self.loaded_revision = None;
     }
 
+    /// Plays into a virtual port named "EchoAI Studio" that a DAW records from.
+    pub fn use_virtual_port(&mut self) {
+        let name = crate::live_midi::CLIENT_NAME.to_string();
+        self.env.output = Box::new(MidiPortOut::new(
+            self.env.midi_out.clone(),
+            PortChoice::Virtual(name.clone()),
+            format!("virtual port {name}"),
+        ));
+        self.loaded_revision = None;
+    }
+
     pub fn is_playing(&self) -> bool {
         self.env.output.is_playing()
     }
@@ -369,6 +383,34 @@ impl Studio {
                 entry.take.primer_seconds,
             );
             self.fit_pending = true;
+        }
+    }
+
+    fn handle_jam_events(&mut self, events: Vec<JamEvent>) {
+        for e in events {
+            match e {
+                JamEvent::Notes(notes) => {
+                    // The player's notes as the primer's colour, the model's answers as its own.
+                    let player = crate::performance::Performance::from_notes(
+                        notes
+                            .iter()
+                            .filter(|n| !n.by_model)
+                            .map(|n| n.note)
+                            .collect(),
+                    );
+                    self.doc = Document::new("Jam", &player, NoteOrigin::Primer);
+                    for n in notes.iter().filter(|n| n.by_model) {
+                        self.doc.append(n.note, NoteOrigin::Generated);
+                    }
+                    self.fit_pending = true;
+                }
+                JamEvent::Take(perf) => {
+                    self.generate.add_jam_take(perf);
+                    self.say("the jam session is a take now");
+                }
+                JamEvent::Message(m) => self.say(m),
+                JamEvent::Error(m) => self.fail(m),
+            }
         }
     }
 
@@ -763,6 +805,22 @@ impl Studio {
                     {
                         self.use_soundfont(&p);
                     }
+                    if cfg!(unix) {
+                        if ui
+                            .selectable_label(false, "MIDI: virtual port \"EchoAI Studio\"")
+                            .on_hover_text(
+                                "A port a DAW records from: arm a track on this input, press Play here",
+                            )
+                            .clicked()
+                        {
+                            self.use_virtual_port();
+                        }
+                    } else {
+                        ui.label(
+                            "Virtual MIDI port: not available on Windows; install a loopback \
+                             driver such as loopMIDI and choose its port",
+                        );
+                    }
                     match self.env.midi_out.ports() {
                         Ok(ports) => {
                             for port in ports {
@@ -911,6 +969,7 @@ impl Studio {
                             let context = PrimerContext {
                                 selection: self.doc.selected_performance(),
                                 piece: self.doc.performance(),
+                                playhead: self.env.output.playhead(),
                             };
                             let events = self.generate.ui(
                                 ui,
@@ -919,6 +978,14 @@ impl Studio {
                                 &context,
                             );
                             self.handle_generate_events(events);
+                            let events = self.jam.ui(
+                                ui,
+                                self.env.midi_in.as_ref(),
+                                &self.env.midi_out,
+                                self.generate.settings.checkpoint.clone(),
+                                &self.generate.sampling_config(),
+                            );
+                            self.handle_jam_events(events);
                         }
                         Tab::Train => {
                             let events = self.train.ui(ui, self.env.dialogs.as_ref());

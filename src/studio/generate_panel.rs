@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use egui::Ui;
 use serde::{Deserialize, Serialize};
 
+use super::constraints_panel::ConstraintSettings;
 use super::dialogs::Dialogs;
+use super::extend::{Extend, kept_part};
 use super::jobs::Job;
 use crate::device::DeviceChoice;
-use crate::generate::{GenerateConfig, Take, generate};
+use crate::generate::{GenerateConfig, Take, generate, splice};
 use crate::live_midi::{MidiIn, MidiRecorder, PortChoice};
 use crate::model::MusicModel;
 use crate::model::WeightPrecision;
@@ -42,6 +44,14 @@ pub struct GenerateSettings {
     pub variations: usize,
     /// Whether the model may end a piece before the requested length.
     pub may_end_early: bool,
+    /// Keep `seed` for the next press of Generate; otherwise each press draws a fresh one.
+    #[serde(default)]
+    pub lock_seed: bool,
+    #[serde(default)]
+    pub constraints: ConstraintSettings,
+    /// Tempo, grid and track name for "Export take…" and "Export all takes…".
+    #[serde(default)]
+    pub export: crate::midi::ExportOptions,
 }
 
 impl Default for GenerateSettings {
@@ -59,6 +69,9 @@ impl Default for GenerateSettings {
             seed: 1,
             variations: 1,
             may_end_early: false,
+            lock_seed: false,
+            constraints: ConstraintSettings::default(),
+            export: crate::midi::ExportOptions::default(),
         }
     }
 }
@@ -103,6 +116,8 @@ pub enum GenerateEvent {
 pub struct PrimerContext {
     pub selection: Performance,
     pub piece: Performance,
+    /// Where "Regenerate from here" cuts when nothing is selected.
+    pub playhead: f64,
 }
 
 /// A recording in progress: the notes so far and the open input connection.
@@ -123,6 +138,14 @@ pub struct GeneratePanel {
     recorded: Option<Performance>,
     input_port: String,
     pending_generate: bool,
+    /// The seed and the constraints the running job was started with (the settings may change
+    /// while it runs).
+    job_seed: u64,
+    job_constraints: String,
+    /// "Regenerate from here" or "Continue" asked for with the pending generation.
+    pending_extend: Option<Extend>,
+    /// The kept notes of a running "Regenerate from here" / "Continue", spliced back exactly.
+    job_kept: Option<Performance>,
     /// Statistics of the demo corpus, computed once in the background for the take comparison.
     reference: Option<Arc<Vec<PieceStats>>>,
     reference_job: Option<Job<Vec<PieceStats>>>,
@@ -318,14 +341,16 @@ impl GeneratePanel {
         );
         ui.horizontal(|ui| {
             ui.add(egui::DragValue::new(&mut s.seed).prefix("seed "));
+            ui.checkbox(&mut s.lock_seed, "Lock seed").on_hover_text(
+                "Keep this seed to repeat a take; unlocked, every Generate draws a new one",
+            );
             if ui.button("Random").on_hover_text("A random seed").clicked() {
-                s.seed = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(7, |d| d.as_nanos() as u64 % 1_000_000);
+                s.seed = fresh_seed();
             }
         });
         ui.add(egui::Slider::new(&mut s.variations, 1..=8).text("variations"));
         ui.checkbox(&mut s.may_end_early, "Let the model end the piece early");
+        s.constraints.ui(ui);
 
         ui.horizontal(|ui| {
             let generating = self.job.is_some();
@@ -342,6 +367,23 @@ impl GeneratePanel {
                 self.cancel();
             }
         });
+        ui.horizontal(|ui| {
+            let generating = self.job.is_some();
+            let from_here = ui
+                .add_enabled(!generating, egui::Button::new("Regenerate from here"))
+                .on_hover_text(
+                    "Keep every note before the playhead (or the selection's start) and sample the rest",
+                );
+            let more = ui
+                .add_enabled(!generating, egui::Button::new("Continue"))
+                .on_hover_text("Keep the whole piece and add to its end");
+            for (response, mode) in [(from_here, Extend::FromHere), (more, Extend::Continue)] {
+                if response.clicked() {
+                    self.pending_extend = Some(mode);
+                    self.pending_generate = true;
+                }
+            }
+        });
         if self.job.is_some() {
             let fraction =
                 (self.progress_seconds / self.job_seconds.max(1e-9)).clamp(0.0, 1.0) as f32;
@@ -350,8 +392,9 @@ impl GeneratePanel {
                 self.progress_seconds, self.job_seconds
             )));
         }
+        let extend = self.pending_extend.take();
         if std::mem::take(&mut self.pending_generate) && self.job.is_none() {
-            match self.start(ui.ctx().clone(), context) {
+            match self.start(ui.ctx().clone(), context, extend) {
                 Ok(primer) => events.push(GenerateEvent::Started(primer)),
                 Err(e) => events.push(GenerateEvent::Error(e)),
             }
@@ -369,7 +412,10 @@ impl GeneratePanel {
                 for (i, t) in self.takes.iter().enumerate().rev() {
                     let selected = self.current_take == Some(i);
                     let r = ui
-                        .selectable_label(selected, format!("{}  ·  {}", t.name, t.model))
+                        .selectable_label(
+                            selected,
+                            format!("{}  ·  seed {}  ·  {}", t.name, t.seed, t.model),
+                        )
                         .on_hover_text(format!("{}\nseed {}", t.settings, t.seed));
                     if r.clicked() {
                         self.current_take = Some(i);
@@ -377,6 +423,13 @@ impl GeneratePanel {
                     }
                 }
             });
+        events.extend(super::export_panel::export_ui(
+            ui,
+            &mut self.settings.export,
+            &self.takes,
+            self.current_take,
+            dialogs,
+        ));
         self.comparison_ui(ui);
         events
     }
@@ -550,13 +603,29 @@ impl GeneratePanel {
         &mut self,
         ctx: egui::Context,
         context: &PrimerContext,
+        extend: Option<Extend>,
     ) -> Result<Performance, String> {
         let path = self
             .settings
             .checkpoint
             .clone()
             .ok_or("choose a checkpoint first (or train one in the Train tab)")?;
-        let primer = self.primer(context)?;
+        let (primer, primer_length) = match extend {
+            Some(mode) => {
+                let (kept, cut) =
+                    kept_part(mode, &context.piece, &context.selection, context.playhead);
+                if kept.is_empty() {
+                    (None, None)
+                } else {
+                    (Some(kept), Some(cut))
+                }
+            }
+            None => (self.primer(context)?, None),
+        };
+        if !self.settings.lock_seed {
+            // Every press is a new piece; the seed shown is the one this take is made with.
+            self.settings.seed = fresh_seed();
+        }
         let s = &self.settings;
         let config = GenerateConfig {
             temperature: s.temperature,
@@ -569,8 +638,13 @@ impl GeneratePanel {
             variations: s.variations,
             // f32 already samples at ~100x real time here; bfloat16 is a CLI choice.
             precision: WeightPrecision::F32,
+            constraints: s.constraints.to_constraints(),
+            primer_length,
         };
         config.validate()?;
+        self.job_kept = primer.clone().filter(|_| primer_length.is_some());
+        self.job_seed = config.seed;
+        self.job_constraints = config.constraints.describe();
         let key = ModelKey {
             stamp: checkpoint::weights_stamp(&path),
             path: path.clone(),
@@ -620,6 +694,42 @@ impl GeneratePanel {
         Ok(primer.unwrap_or_default())
     }
 
+    /// Temperature, top-k, top-p, seed and constraints as set now (for the jam's answers).
+    pub fn sampling_config(&self) -> GenerateConfig {
+        let s = &self.settings;
+        GenerateConfig {
+            temperature: s.temperature,
+            top_k: (s.top_k > 0).then_some(s.top_k),
+            top_p: (s.top_p < 1.0).then_some(s.top_p),
+            seed: s.seed,
+            constraints: s.constraints.to_constraints(),
+            ..GenerateConfig::default()
+        }
+    }
+
+    /// A jam session becomes a take, shown at once.
+    pub fn add_jam_take(&mut self, performance: Performance) {
+        let n = self.takes.len() + 1;
+        self.takes.push(TakeEntry {
+            name: format!("Take {n} (jam)"),
+            model: self
+                .settings
+                .checkpoint
+                .as_deref()
+                .map_or("?".into(), describe_checkpoint),
+            settings: "call and response".into(),
+            seed: self.settings.seed,
+            take: Take {
+                events: crate::tokenizer::encode(&performance),
+                generated: performance.clone(),
+                performance,
+                primer_seconds: 0.0,
+                ended_by_model: false,
+            },
+        });
+        self.current_take = Some(n - 1);
+    }
+
     /// Adds a take kept by an earlier session (read back from `from`).
     pub fn add_restored_take(&mut self, from: String, performance: Performance) {
         let n = self.takes.len() + 1;
@@ -630,6 +740,7 @@ impl GeneratePanel {
             seed: 0,
             take: Take {
                 events: crate::tokenizer::encode(&performance),
+                generated: performance.clone(),
                 performance,
                 primer_seconds: 0.0,
                 ended_by_model: false,
@@ -659,20 +770,26 @@ impl GeneratePanel {
                         .as_deref()
                         .map_or("?".into(), describe_checkpoint);
                     let first_new = self.takes.len();
-                    for (v, take) in takes.into_iter().enumerate() {
+                    for (v, mut take) in takes.into_iter().enumerate() {
+                        if let Some(kept) = &self.job_kept {
+                            // The earlier part exactly as it was, not as the model's grid has it.
+                            take.performance = splice(kept, &take);
+                        }
                         let n = self.takes.len() + 1;
                         self.takes.push(TakeEntry {
                             name: format!("Take {n}"),
                             model: model.clone(),
                             settings: format!(
-                                "temperature {:.2}, top-p {:.2}, top-k {}, {:.0} s, variation {}",
+                                "temperature {:.2}, top-p {:.2}, top-k {}, {:.0} s, variation {}{}{}",
                                 s.temperature,
                                 s.top_p,
                                 s.top_k,
                                 s.seconds,
-                                v + 1
+                                v + 1,
+                                if self.job_constraints.is_empty() { "" } else { "\n" },
+                                self.job_constraints,
                             ),
-                            seed: s.seed,
+                            seed: self.job_seed,
                             take,
                         });
                     }
@@ -706,6 +823,29 @@ impl GeneratePanel {
             self.job = None;
         }
         events
+    }
+}
+
+/// A seed no earlier press of this process drew: the clock's nanoseconds mixed with a counter
+/// (splitmix64), kept below a million so it is easy to read off a take and type back.
+pub fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    loop {
+        let mut z = nanos
+            ^ COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let seed = (z ^ (z >> 31)) % 1_000_000;
+        if LAST.swap(seed, Ordering::Relaxed) != seed {
+            return seed;
+        }
     }
 }
 

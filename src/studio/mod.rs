@@ -2,12 +2,17 @@
 
 mod app;
 mod busy;
+pub mod constraints_panel;
 mod curves;
 pub mod dialogs;
 pub mod document;
+pub mod export_panel;
+pub mod extend;
 pub mod generate_panel;
+pub mod jam_panel;
 mod jobs;
 pub mod library_panel;
+pub mod musical_typing;
 pub mod outputs;
 mod path_entry;
 pub mod piano_roll;

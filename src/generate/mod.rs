@@ -1,5 +1,9 @@
 //! Sampling new music from a model: from START or a primer, with temperature, top-k, top-p and a
 //! seed; several variations at once as one batch; events streamed to a callback; cancellable.
+//! [`constraints`] steers each draw (key, range, density, dynamics, polyphony, note length).
+
+pub mod constraints;
+pub mod music_terms;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,6 +14,9 @@ use crate::model::{MusicModel, Stepper, WeightPrecision};
 use crate::performance::{Note, Performance};
 use crate::rng::Rng;
 use crate::tokenizer::{self, Decoder, END, START};
+
+pub use constraints::Constraints;
+use constraints::SteeringState;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateConfig {
@@ -32,6 +39,13 @@ pub struct GenerateConfig {
     /// How the model's weights are held while sampling (bfloat16: faster, not bit-identical).
     #[serde(default)]
     pub precision: WeightPrecision,
+    /// How long the primer lasts, silence after its last note included (`None`: until its last
+    /// note ends). "Regenerate from here" cuts at the playhead, which may fall in a rest.
+    #[serde(default)]
+    pub primer_length: Option<f64>,
+    /// Key, range, density, dynamics, polyphony and note-length limits on every draw.
+    #[serde(default)]
+    pub constraints: Constraints,
 }
 
 impl Default for GenerateConfig {
@@ -46,6 +60,8 @@ impl Default for GenerateConfig {
             seed: 1,
             variations: 1,
             precision: WeightPrecision::F32,
+            primer_length: None,
+            constraints: Constraints::default(),
         }
     }
 }
@@ -65,7 +81,10 @@ impl GenerateConfig {
         check_positive("seconds", self.max_seconds, MAX_PIECE_SECONDS)?;
         check("min-seconds", self.min_seconds, 0.0..=MAX_PIECE_SECONDS)?;
         check("max-events", self.max_events, 1..=MAX_EVENTS)?;
-        Ok(())
+        if let Some(l) = self.primer_length {
+            check("primer-seconds", l, 0.0..=MAX_PIECE_SECONDS)?;
+        }
+        self.constraints.validate()
     }
 }
 
@@ -81,6 +100,9 @@ pub struct Take {
     pub performance: Performance,
     /// Where the primer ends and the generated music begins, in seconds.
     pub primer_seconds: f64,
+    /// The new notes alone, at their times in the piece (on the model's 10 ms grid), for
+    /// [`splice`] to join to the primer's own, unquantised notes.
+    pub generated: Performance,
     /// The new event ids (not the primer's).
     pub events: Vec<u16>,
     /// Whether the model ended the piece itself (END) rather than hitting a length limit.
@@ -123,9 +145,19 @@ pub fn generate(
 
     // The primer is START plus its events, fed through the model; its last logits start sampling.
     let mut prefix = vec![START];
-    let primer_seconds = primer.map_or(0.0, |p| p.end_time());
+    let mut primer_seconds = primer.map_or(0.0, |p| p.end_time());
     if let Some(p) = primer {
         prefix.extend(tokenizer::encode(p));
+        if let Some(length) = config.primer_length.filter(|&l| l > primer_seconds) {
+            // The rest between the primer's last note and the cut is part of the primer.
+            let mut rest = to_steps(length) - to_steps(primer_seconds);
+            while rest > 0 {
+                let k = rest.min(tokenizer::MAX_SHIFT_STEPS as u64);
+                prefix.push(tokenizer::Event::TimeShift(k as u32).id());
+                rest -= k;
+            }
+            primer_seconds = length;
+        }
     }
     let vocab = model.config.vocab_size;
     let mut logits = Vec::new();
@@ -141,6 +173,7 @@ pub fn generate(
         .map(|v| Rng::new(config.seed.wrapping_add(v as u64 * 0x9e37_79b9)))
         .collect();
     let mut decoders: Vec<Decoder> = (0..batch).map(|_| decoder_after(&prefix)).collect();
+    let mut fresh: Vec<Decoder> = (0..batch).map(|_| fresh_decoder(&prefix)).collect();
     let mut events: Vec<Vec<u16>> = vec![Vec::new(); batch];
     let mut done = vec![false; batch];
     let mut ended_by_model = vec![false; batch];
@@ -152,6 +185,14 @@ pub fn generate(
     });
     let mut has_velocity = vec![primed_with_velocity; batch];
     let mut probs = Vec::with_capacity(tokenizer::VOCAB_SIZE);
+    let steering = config.constraints.compile();
+    let mut primed = SteeringState::default();
+    for &id in &prefix {
+        primed.observe(id);
+    }
+    primed.begin_generation();
+    let mut steering_states = vec![primed; batch];
+    let mut steered = Vec::with_capacity(vocab);
     for _ in 0..config.max_events {
         if cancel.load(Ordering::Relaxed) {
             return Err(GenerateError::Cancelled);
@@ -167,12 +208,23 @@ pub fn generate(
                 end: decoders[v].time() - primer_seconds >= config.min_seconds,
                 notes: has_velocity[v],
             };
-            let id = sample(rows[v], config, allowed, &mut rngs[v], &mut probs);
+            let id = if steering.is_active() {
+                steered.clear();
+                steered.extend_from_slice(rows[v]);
+                match steering.steer(&steering_states[v], &mut steered) {
+                    Some(forced) => forced,
+                    None => sample(&steered, config, allowed, &mut rngs[v], &mut probs),
+                }
+            } else {
+                sample(rows[v], config, allowed, &mut rngs[v], &mut probs)
+            };
+            steering_states[v].observe(id);
             has_velocity[v] |= matches!(
                 tokenizer::Event::from_id(id),
                 Some(tokenizer::Event::Velocity(_))
             );
             let note = decoders[v].push(id);
+            fresh[v].push(id);
             events[v].push(id);
             let seconds = decoders[v].time() - primer_seconds;
             if id == END {
@@ -197,26 +249,71 @@ pub fn generate(
         logits.extend_from_slice(stepper.step(&next)?);
     }
 
+    // Notes are cut at the length limit, as a player would stop there.
+    let limit = primer_seconds + config.max_seconds;
+    let finish = |decoder: Decoder| {
+        let mut performance = decoder.finish();
+        for n in &mut performance.notes {
+            n.end = n.end.min(limit.max(n.start + 0.01));
+        }
+        performance.normalize();
+        performance
+    };
     Ok(decoders
         .into_iter()
+        .zip(fresh)
         .zip(events)
         .zip(ended_by_model)
-        .map(|((decoder, events), ended_by_model)| {
-            let mut performance = decoder.finish();
-            // Notes are cut at the length limit, as a player would stop there.
-            let limit = primer_seconds + config.max_seconds;
-            for n in &mut performance.notes {
-                n.end = n.end.min(limit.max(n.start + 0.01));
-            }
-            performance.normalize();
-            Take {
-                performance,
-                primer_seconds,
-                events,
-                ended_by_model,
-            }
+        .map(|(((decoder, fresh), events), ended_by_model)| Take {
+            performance: finish(decoder),
+            generated: finish(fresh),
+            primer_seconds,
+            events,
+            ended_by_model,
         })
         .collect())
+}
+
+fn to_steps(seconds: f64) -> u64 {
+    (seconds.max(0.0) * tokenizer::STEPS_PER_SECOND).round() as u64
+}
+
+/// A decoder at the prefix's time and velocity, but holding none of its notes: it collects
+/// only what is sampled after.
+fn fresh_decoder(prefix: &[u16]) -> Decoder {
+    let mut d = Decoder::new();
+    let last_velocity = prefix.iter().rev().copied().find(|&id| {
+        matches!(
+            tokenizer::Event::from_id(id),
+            Some(tokenizer::Event::Velocity(_))
+        )
+    });
+    if let Some(id) = last_velocity {
+        d.push(id);
+    }
+    for &id in prefix {
+        if let Some(tokenizer::Event::TimeShift(_)) = tokenizer::Event::from_id(id) {
+            d.push(id);
+        }
+    }
+    d
+}
+
+/// The primer's own notes, exactly as given, followed by a take's new notes: what "Regenerate
+/// from here", "Continue" and `--keep-primer` hand back. The new notes are moved by under 5 ms
+/// so they start no earlier than the primer's end (the model's grid is 10 ms; the cut need not
+/// be on it), and no primer note is changed.
+pub fn splice(primer: &Performance, take: &Take) -> Performance {
+    let cut = take.primer_seconds;
+    let grid = to_steps(cut) as f64 / tokenizer::STEPS_PER_SECOND;
+    let shift = (cut - grid).max(0.0);
+    let mut notes = primer.first_seconds(cut).notes;
+    notes.extend(take.generated.notes.iter().map(|n| Note {
+        start: n.start + shift,
+        end: n.end + shift,
+        ..*n
+    }));
+    Performance::from_notes(notes)
 }
 
 fn decoder_after(prefix: &[u16]) -> Decoder {

@@ -239,7 +239,7 @@ mod tests {
             let mut ema = Ema::new(weight);
             assert_eq!(ema.push(5.9), 5.9);
             let second = ema.push(3.9);
-            assert!(second < 5.9 && second >= 3.9, "{weight}: {second}");
+            assert!((3.9..5.9).contains(&second), "{weight}: {second}");
         }
     }
 

@@ -31,7 +31,7 @@ fn cli_run(out: &Path, steps: u64, extra: &[&str]) {
     let data = Path::new("assets/corpus/piano");
     let output = Command::new(env!("CARGO_BIN_EXE_echoai"))
         .args(["train", "--data"])
-        .arg(&data)
+        .arg(data)
         .arg("--out")
         .arg(out)
         .args([

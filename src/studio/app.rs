@@ -876,7 +876,7 @@ impl Studio {
                 ui.label("generating");
             }
             if self.train.is_training() {
-                super::busy::busy_indicator(ui);
+                super::busy::passive_busy_indicator(ui);
                 ui.label("training");
             }
             if self.export.is_some() {

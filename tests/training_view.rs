@@ -165,3 +165,44 @@ fn samples_of_a_sample_every_run_are_kept_and_listed_after_a_restart() {
     assert_eq!(s.doc.path.as_deref(), Some(samples[3].path.as_path()));
     assert!(s.is_playing());
 }
+
+#[test]
+fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let last = runs.join("mine");
+    cli_run(&last, 6, &["--sample-every", "0"]);
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let dialogs = FakeDialogs::default();
+    dialogs.answer(&exports);
+    dialogs.answer(&exports);
+    let out = FakeOut::default();
+    let mut settings = StudioSettings::default();
+    settings.generate.checkpoint = None;
+    settings.tab = Tab::Train;
+    settings.train.runs_dir = runs.clone();
+    settings.train.out_dir = Some(last);
+    let mut h = harness(Studio::new(
+        fake_env(&dialogs, &out, session_root()),
+        settings,
+    ));
+    h.state_mut().central = Central::Training;
+    h.run();
+    h.get_by_label("Export CSV").click();
+    h.run();
+    let first = exports.join("mine-curves.csv");
+    let csv = std::fs::read_to_string(&first).expect("the curves are written");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("step,wall_s,loss,smoothed"));
+    let steps: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(steps, ["1", "2", "3", "4", "5", "6"], "one row per step");
+    // A second export goes beside the first, which stays as it was.
+    h.get_by_label("Export CSV").click();
+    h.run();
+    assert!(exports.join("mine-curves-2.csv").exists());
+    assert_eq!(std::fs::read_to_string(&first).unwrap(), csv);
+}

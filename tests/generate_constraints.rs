@@ -15,6 +15,7 @@ use echoai::performance::Performance;
 
 const ATTENTION: &str = "assets/models/lstm-attention";
 const SEEDS: usize = 20;
+const PRIMER: &str = "assets/corpus/piano/satie-gymnopedie-no1.mid";
 const SECONDS: f64 = 20.0;
 
 fn model() -> MusicModel {
@@ -246,5 +247,45 @@ fn cli_parse_errors_show_the_accepted_forms() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{flags:?}");
         assert!(err.contains(expected), "{flags:?}: {err}");
+    }
+}
+
+/// "Continue" asks the new part to open with a note: in ten variations the first new onset is at
+/// the primer's end, where without the request the model may begin with a rest.
+#[test]
+fn a_continuation_asked_to_open_with_a_note_has_no_gap() {
+    let model = model();
+    let primer = echoai::midi::read_midi(Path::new(PRIMER))
+        .unwrap()
+        .first_seconds(30.0);
+    let end = primer.end_time();
+    let config = GenerateConfig {
+        max_seconds: 4.0,
+        min_seconds: 4.0,
+        seed: 9,
+        variations: 10,
+        primer_length: Some(end),
+        open_with_note: true,
+        ..GenerateConfig::default()
+    };
+    let takes = generate(
+        &model,
+        Some(&primer),
+        &config,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    for (v, take) in takes.iter().enumerate() {
+        let first_new = take
+            .generated
+            .notes
+            .iter()
+            .map(|n| n.start)
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            (first_new - end).abs() < 0.011,
+            "variation {v}: first new note at {first_new}, the primer ends at {end}"
+        );
     }
 }

@@ -160,6 +160,19 @@ fn regenerate_from_here_keeps_the_first_30_seconds_note_for_note() {
     assert_eq!(take.primer_seconds, before.end_time());
     assert_eq!(take.performance.first_seconds(before.end_time()), before);
     assert!(take.performance.len() > before.len());
+    // No gap at the join: the new part opens with a note at the old end.
+    let first_new = take
+        .performance
+        .notes
+        .iter()
+        .filter(|n| n.start >= before.end_time())
+        .map(|n| n.start)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        (first_new - before.end_time()).abs() < 0.011,
+        "the continuation starts at {first_new}, the take ended at {}",
+        before.end_time()
+    );
 }
 
 #[test]

@@ -168,6 +168,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         constraints: args.constraints(),
         primer_length: primer_length.filter(|_| args.keep_primer),
+        open_with_note: false,
     };
     config
         .validate()

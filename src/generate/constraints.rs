@@ -255,6 +255,11 @@ impl SteeringState {
         self.new_notes = 0;
     }
 
+    /// NOTE_ONs since the primer.
+    pub fn new_notes(&self) -> usize {
+        self.new_notes
+    }
+
     /// Notes sounding now.
     pub fn sounding(&self) -> usize {
         self.sounding

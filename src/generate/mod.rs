@@ -43,6 +43,10 @@ pub struct GenerateConfig {
     /// note ends). "Regenerate from here" cuts at the playhead, which may fall in a rest.
     #[serde(default)]
     pub primer_length: Option<f64>,
+    /// The new part starts with a note at the primer's end, not with a rest ("Continue": a rest
+    /// there would be a gap after the last note).
+    #[serde(default)]
+    pub open_with_note: bool,
     /// Key, range, density, dynamics, polyphony and note-length limits on every draw.
     #[serde(default)]
     pub constraints: Constraints,
@@ -61,6 +65,7 @@ impl Default for GenerateConfig {
             variations: 1,
             precision: WeightPrecision::F32,
             primer_length: None,
+            open_with_note: false,
             constraints: Constraints::default(),
         }
     }
@@ -208,12 +213,23 @@ pub fn generate(
                 end: decoders[v].time() - primer_seconds >= config.min_seconds,
                 notes: has_velocity[v],
             };
-            let id = if steering.is_active() {
+            let must_open = config.open_with_note && steering_states[v].new_notes() == 0;
+            let id = if steering.is_active() || must_open {
                 steered.clear();
                 steered.extend_from_slice(rows[v]);
                 match steering.steer(&steering_states[v], &mut steered) {
                     Some(forced) => forced,
-                    None => sample(&steered, config, allowed, &mut rngs[v], &mut probs),
+                    None => {
+                        if must_open {
+                            // No time passes (and no END) before the first new NOTE_ON.
+                            let shifts = tokenizer::TIME_SHIFT as usize
+                                ..tokenizer::TIME_SHIFT as usize
+                                    + tokenizer::MAX_SHIFT_STEPS as usize;
+                            steered[shifts].fill(f32::NEG_INFINITY);
+                            steered[END as usize] = f32::NEG_INFINITY;
+                        }
+                        sample(&steered, config, allowed, &mut rngs[v], &mut probs)
+                    }
                 }
             } else {
                 sample(rows[v], config, allowed, &mut rngs[v], &mut probs)

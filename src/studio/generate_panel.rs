@@ -640,6 +640,7 @@ impl GeneratePanel {
             precision: WeightPrecision::F32,
             constraints: s.constraints.to_constraints(),
             primer_length,
+            open_with_note: extend == Some(Extend::Continue),
         };
         config.validate()?;
         self.job_kept = primer.clone().filter(|_| primer_length.is_some());

@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use echoai::cli::{Cli, run};
+use echoai::cli::{Cli, Command, run};
 
 fn main() -> ExitCode {
     keep_freed_memory();
     fix_thread_count();
     quiet_library_backtraces();
     let cli = Cli::parse();
+    die_quietly_on_a_closed_pipe(&cli.command);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -73,4 +74,26 @@ fn describe(err: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// Report commands end quietly when their reader goes away (`echoai stats --json | head`), as
+/// Unix tools do: with Rust's default (SIGPIPE ignored) their next `println!` panicked. Commands
+/// that train or write files keep the default, so they finish what they are writing.
+fn die_quietly_on_a_closed_pipe(command: &Option<Command>) {
+    #[cfg(unix)]
+    if matches!(
+        command,
+        Some(
+            Command::Stats { .. }
+                | Command::Corpus { .. }
+                | Command::Ports
+                | Command::Eval(_)
+                | Command::Bench { .. }
+        )
+    ) {
+        // SAFETY: restores the default disposition of one signal before other threads start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
 }

@@ -126,3 +126,24 @@ fn a_set_overlaps_itself_and_a_one_pitch_set_is_flagged() {
     assert!(flagged("pitch-class histogram"), "{rows:?}");
     assert!(flagged("pitch range"), "{rows:?}");
 }
+
+/// `echoai stats --json | head` stops quietly when the reader goes away, as Unix tools do; it
+/// used to panic on the broken pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_a_report_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echoai"))
+        .args(["stats", "assets/corpus/piano", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader leaves before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}

@@ -7,49 +7,33 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use echoai::generate::music_terms::Scale;
-use echoai::live_midi::{FakeMidiIn, FakeMidiOut};
+use echoai::live_midi::FakeMidiOut;
 use echoai::midi::read_midi;
 use echoai::studio::dialogs::FakeDialogs;
 use echoai::studio::outputs::FakeOut;
-use echoai::studio::{Studio, StudioEnv, StudioSettings};
+use echoai::studio::{Studio, StudioSettings};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+
+mod common;
+use common::studio::{fake_env, session_root, step_until};
 
 const PIECE: &str = "assets/corpus/piano/satie-gymnopedie-no1.mid";
 
 fn studio(dialogs: &FakeDialogs, out: &FakeOut) -> Studio {
-    let env = StudioEnv {
-        dialogs: Box::new(dialogs.clone()),
-        output: Box::new(out.clone()),
-        midi_out: Arc::new(FakeMidiOut::default()),
-        midi_in: Box::new(FakeMidiIn::default()),
-        session_root: tempfile::tempdir().unwrap().keep(),
-    };
+    let env = fake_env(dialogs, out, session_root());
     let mut settings = StudioSettings::default();
     // The bundled attention model; short takes keep the tests quick.
     settings.generate.seconds = 3.0;
     Studio::new(env, settings)
 }
 
+/// Taller than the shared harness: the Generate tab's folded sections open below the takes.
 fn harness<'a>(s: Studio) -> Harness<'a, Studio> {
     Harness::builder()
         .with_size(egui::vec2(1400.0, 1400.0))
         .with_max_steps(10_000)
         .build_ui_state(|ui, s: &mut Studio| s.ui(ui), s)
-}
-
-fn step_until(h: &mut Harness<Studio>, seconds: u64, done: impl Fn(&Studio) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done(h.state()) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out; status: {:?}",
-            h.state().status
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
 }
 
 fn press(h: &mut Harness<Studio>, label: &str) {
@@ -207,13 +191,8 @@ fn a_jam_on_the_computer_keyboard_is_answered_and_becomes_a_take() {
     let dialogs = FakeDialogs::default();
     let out = FakeOut::default();
     let midi_out = FakeMidiOut::default();
-    let env = StudioEnv {
-        dialogs: Box::new(dialogs.clone()),
-        output: Box::new(out.clone()),
-        midi_out: Arc::new(midi_out.clone()),
-        midi_in: Box::new(FakeMidiIn::default()),
-        session_root: tempfile::tempdir().unwrap().keep(),
-    };
+    let mut env = fake_env(&dialogs, &out, session_root());
+    env.midi_out = Arc::new(midi_out.clone());
     let mut h = harness(Studio::new(env, StudioSettings::default()));
     h.run();
     h.get_by_label("Jam (call and response)").click();

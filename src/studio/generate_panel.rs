@@ -628,19 +628,15 @@ impl GeneratePanel {
         }
         let s = &self.settings;
         let config = GenerateConfig {
-            temperature: s.temperature,
-            top_k: (s.top_k > 0).then_some(s.top_k),
-            top_p: (s.top_p < 1.0).then_some(s.top_p),
             max_seconds: s.seconds,
             min_seconds: if s.may_end_early { 0.0 } else { s.seconds },
             max_events: (s.seconds * 200.0).max(1000.0) as usize,
-            seed: s.seed,
             variations: s.variations,
             // f32 already samples at ~100x real time here; bfloat16 is a CLI choice.
             precision: WeightPrecision::F32,
-            constraints: s.constraints.to_constraints(),
             primer_length,
             open_with_note: extend == Some(Extend::Continue),
+            ..self.sampling_config()
         };
         config.validate()?;
         self.job_kept = primer.clone().filter(|_| primer_length.is_some());
@@ -695,7 +691,7 @@ impl GeneratePanel {
         Ok(primer.unwrap_or_default())
     }
 
-    /// Temperature, top-k, top-p, seed and constraints as set now (for the jam's answers).
+    /// Temperature, top-k, top-p, seed and constraints as set now (Generate and the jam's answers).
     pub fn sampling_config(&self) -> GenerateConfig {
         let s = &self.settings;
         GenerateConfig {
@@ -720,13 +716,7 @@ impl GeneratePanel {
                 .map_or("?".into(), describe_checkpoint),
             settings: "call and response".into(),
             seed: self.settings.seed,
-            take: Take {
-                events: crate::tokenizer::encode(&performance),
-                generated: performance.clone(),
-                performance,
-                primer_seconds: 0.0,
-                ended_by_model: false,
-            },
+            take: whole_take(performance),
         });
         self.current_take = Some(n - 1);
     }
@@ -739,13 +729,7 @@ impl GeneratePanel {
             model: "an earlier session".into(),
             settings: from,
             seed: 0,
-            take: Take {
-                events: crate::tokenizer::encode(&performance),
-                generated: performance.clone(),
-                performance,
-                primer_seconds: 0.0,
-                ended_by_model: false,
-            },
+            take: whole_take(performance),
         });
     }
 
@@ -858,4 +842,15 @@ fn checkpoint_choices(recent: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     all
+}
+
+/// A take that is all new music (a jam session, a restored take): no primer.
+fn whole_take(performance: Performance) -> Take {
+    Take {
+        events: crate::tokenizer::encode(&performance),
+        generated: performance.clone(),
+        performance,
+        primer_seconds: 0.0,
+        ended_by_model: false,
+    }
 }

@@ -150,7 +150,11 @@ pub enum Simd {
 impl Simd {
     /// The best this CPU runs, within the `ECHOAI_SIMD` cap ([`super::isa`]).
     pub fn detect() -> Simd {
-        match super::isa::chosen() {
+        Simd::for_isa(super::isa::chosen())
+    }
+
+    fn for_isa(isa: super::isa::Isa) -> Simd {
+        match isa {
             super::isa::Isa::Avx512 => Simd::Avx512,
             super::isa::Isa::Avx2 => Simd::Avx2,
             super::isa::Isa::Portable => Simd::Baseline,
@@ -160,17 +164,10 @@ impl Simd {
     /// Every instruction set this CPU runs.
     #[cfg(test)]
     pub fn available() -> Vec<Simd> {
-        let mut all = vec![Simd::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                all.push(Simd::Avx2);
-            }
-            if is_x86_feature_detected!("avx512f") {
-                all.push(Simd::Avx512);
-            }
-        }
-        all
+        super::isa::Isa::available()
+            .into_iter()
+            .map(Simd::for_isa)
+            .collect()
     }
 
     pub fn forward(self, row: ForwardRow) {

@@ -33,6 +33,14 @@ impl Isa {
         }
     }
 
+    /// Every level this CPU runs, lowest first, ignoring the cap (the kernels' tests run each).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&isa| isa <= Isa::of_cpu())
+            .collect()
+    }
+
     /// The best level this CPU runs, ignoring the cap.
     pub fn of_cpu() -> Isa {
         #[cfg(target_arch = "x86_64")]

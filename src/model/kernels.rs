@@ -10,6 +10,7 @@
 //! chosen at run time; other machines run a portable loop.
 
 use super::gates::{PORTABLE_FUSED, madd};
+use super::isa::Isa;
 
 pub const PANEL: usize = 32;
 
@@ -135,24 +136,28 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest one this CPU runs, within the `ECHOAI_SIMD` cap ([`super::isa`]).
     pub fn detect() -> Kernel {
-        match super::isa::chosen() {
-            super::isa::Isa::Avx512 => Kernel::Avx512,
-            super::isa::Isa::Avx2 => Kernel::Avx2,
-            super::isa::Isa::Portable => Kernel::Portable,
+        Kernel::for_isa(super::isa::chosen())
+    }
+
+    fn for_isa(isa: Isa) -> Kernel {
+        match isa {
+            Isa::Avx512 => Kernel::Avx512,
+            Isa::Avx2 => Kernel::Avx2,
+            Isa::Portable => Kernel::Portable,
+        }
+    }
+
+    fn isa(self) -> Isa {
+        match self {
+            Kernel::Avx512 => Isa::Avx512,
+            Kernel::Avx2 => Isa::Avx2,
+            Kernel::Portable => Isa::Portable,
         }
     }
 
     /// Whether this CPU has the instructions the kernel uses.
     pub fn runs_here(self) -> bool {
-        match self {
-            Kernel::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
+        self.isa() <= Isa::of_cpu()
     }
 
     /// This kernel where the CPU runs it, else the portable one: the variants are public, so a
@@ -167,17 +172,7 @@ impl Kernel {
 
     /// Every kernel this CPU can run (for tests).
     pub fn available() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                all.push(Kernel::Avx2);
-            }
-            if is_x86_feature_detected!("avx512f") {
-                all.push(Kernel::Avx512);
-            }
-        }
-        all
+        Isa::available().into_iter().map(Kernel::for_isa).collect()
     }
 
     /// `c[r * ldc + j] = sum_kk a[r * lda + kk] * panel[kk * 32 + j]` for `r < rows`, `j < 32`.
@@ -254,16 +249,13 @@ impl Kernel {
                 tiled.len() >= tiled_len(rows, k),
                 "panel product: tiling too short"
             );
-            assert!(panel.len() >= k * PANEL, "panel product: panel too short");
-            assert!(
-                c.len() >= (rows - 1) * ldc + PANEL,
-                "panel product: output too short"
-            );
+            check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
             let (t, p, c) = (tiled.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
             for tile in 0..rows.div_ceil(TILE_ROWS) {
                 let valid = (rows - tile * TILE_ROWS).min(TILE_ROWS);
-                // SAFETY: asserted above: the tiling holds every tile's k x 8 values, the panel
-                // k x 32, the output `valid` rows of 32 from row 8 * tile; AVX-512 is present.
+                // SAFETY: asserted above (`check_bounds` and the tiling's length): the tiling holds
+                // every tile's k x 8 values, the panel k x 32, the output `valid` rows of 32 from
+                // row 8 * tile; AVX-512 is present.
                 unsafe {
                     x86::tile512_tiled(
                         t.add(tile * TILE_ROWS * k),

@@ -80,6 +80,7 @@ impl DeviceChoice {
 pub fn describe_with_kernels(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} kernels)", crate::model::isa::chosen().name()),
+        Device::Cuda(_) => format!("cuda ({})", if tf32() { "tf32" } else { "f32" }),
         other => describe(other).to_string(),
     }
 }
@@ -90,4 +91,14 @@ pub fn describe(device: &Device) -> &'static str {
         Device::Cuda(_) => "cuda",
         Device::Metal(_) => "metal",
     }
+}
+
+/// Lets f32 products on CUDA use TF32 tensor cores (10-bit mantissa inputs, f32 sums), as
+/// PyTorch does by default for cuDNN's RNNs. Off by default; a no-op without CUDA.
+pub fn set_tf32(on: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+}
+
+pub fn tf32() -> bool {
+    candle_core::cuda::gemm_reduced_precision_f32()
 }

@@ -402,7 +402,7 @@ pub enum TrainError {
         "training diverged at step {step} (the loss or an update became {loss}); it stopped, and the last good checkpoint ({kept}) was kept"
     )]
     NonFinite { step: u64, loss: f64, kept: String },
-    #[error("interrupted twice: stopped without a final checkpoint; the last one is {kept}")]
+    #[error("interrupted twice: stopped without a final checkpoint (last checkpoint: {kept})")]
     Abandoned { kept: String },
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

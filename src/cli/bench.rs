@@ -41,6 +41,15 @@ pub enum BenchCommand {
         /// Also time the composed reference LSTM.
         #[arg(long)]
         composed: bool,
+        /// Also time the lstm-attention model at the same sizes, and the share of its step in attention.
+        #[arg(long)]
+        attention: bool,
+        /// `cpu` or `cuda` (a `--features cuda` build) [default: cpu].
+        #[arg(long, value_parser = super::train_cmd::parse_device)]
+        device: Option<crate::device::DeviceChoice>,
+        /// On CUDA, let f32 products use TF32 tensor cores.
+        #[arg(long)]
+        tf32: bool,
     },
     /// The built-in synth's real-time factor on a MAESTRO sample (about 2.8 minutes).
     Render {
@@ -83,6 +92,9 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             iters,
             no_baseline,
             composed,
+            attention,
+            device,
+            tf32,
         } => {
             let sizes = bench_model::Sizes {
                 batch,
@@ -90,7 +102,17 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 embed,
                 hidden,
             };
-            bench_model::bench_train(&sizes, iters.max(1), !no_baseline, composed)?;
+            crate::device::set_tf32(tf32);
+            let device = device
+                .unwrap_or(crate::device::DeviceChoice::Cpu)
+                .open()
+                .map_err(anyhow::Error::msg)?;
+            let rows = bench_model::TrainRows {
+                baseline: !no_baseline,
+                composed,
+                attention,
+            };
+            bench_model::bench_train(&sizes, iters.max(1), rows, &device)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Render { file, runs } => {

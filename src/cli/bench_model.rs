@@ -70,10 +70,12 @@ impl Baseline {
     }
 }
 
-/// Median training tokens/s of one model over `iters` timed steps (after one warm-up step).
+/// Median training tokens/s of one model over `iters` timed steps (after one warm-up step). On
+/// an accelerator each step ends with a synchronisation, so a step's time is its whole work.
 fn time_training(
     s: &Sizes,
     iters: usize,
+    device: &Device,
     varmap: &VarMap,
     loss_of: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<f64> {
@@ -96,11 +98,12 @@ fn time_training(
             .flat_map(|c| c[1..].to_vec())
             .collect();
         let t0 = Instant::now();
-        let inputs = Tensor::from_vec(inputs, (s.batch, s.seq), &Device::Cpu)?;
-        let targets = Tensor::from_vec(targets, s.batch * s.seq, &Device::Cpu)?;
+        let inputs = Tensor::from_vec(inputs, (s.batch, s.seq), device)?;
+        let targets = Tensor::from_vec(targets, s.batch * s.seq, device)?;
         let loss = loss_of(&inputs, &targets)?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-3, 3.0)?;
+        device.synchronize()?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -163,18 +166,42 @@ pub fn flops_per_training_token(s: &Sizes) -> f64 {
     3.0 * forward
 }
 
-pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> anyhow::Result<()> {
+/// Which rows `bench train` times besides the fused LSTM.
+pub struct TrainRows {
+    /// candle_nn's LSTM (CPU only: it is the CPU's baseline).
+    pub baseline: bool,
+    pub composed: bool,
+    /// The lstm-attention model at the same sizes.
+    pub attention: bool,
+}
+
+pub fn bench_train(
+    s: &Sizes,
+    iters: usize,
+    rows: TrainRows,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let on_cpu = device.is_cpu();
+    let engine = if on_cpu {
+        format!(
+            "{} threads, {} kernels",
+            rayon::current_num_threads(),
+            crate::model::isa::chosen().name()
+        )
+    } else {
+        crate::device::describe_with_kernels(device)
+    };
     println!(
-        "bench train: Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE}), batch {} x {}, {} threads, {} kernels",
-        s.embed,
-        s.hidden,
-        s.batch,
-        s.seq,
-        rayon::current_num_threads(),
-        crate::model::isa::chosen().name()
+        "bench train: Embedding({VOCAB_SIZE},{}) -> 2 x LSTM({}) -> Linear({VOCAB_SIZE}), batch {} x {}, {engine}",
+        s.embed, s.hidden, s.batch, s.seq,
     );
-    let fma = super::bench_fma::fma_peak();
-    let peak = sgemm_gflops(1024);
+    // The CPU's ceilings mean nothing for a GPU row.
+    let fma = if on_cpu {
+        super::bench_fma::fma_peak()
+    } else {
+        None
+    };
+    let peak = on_cpu.then(|| sgemm_gflops(1024));
     let flops = flops_per_training_token(s);
     if let Some(fma) = &fma {
         println!(
@@ -182,34 +209,55 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
             fma.isa, fma.gflops
         );
     }
-    println!(
-        "  SGEMM 1024^3 peak: {peak:.1} GFLOP/s{}; one training token is {:.1} MFLOP, so the ceiling is {:.0} tokens/s",
-        fma.as_ref().map_or(String::new(), |f| format!(
-            " ({:.0}% of the FMA peak)",
-            100.0 * peak / f.gflops
-        )),
-        flops / 1e6,
-        peak * 1e9 / flops
-    );
-    let mut rows: Vec<(&str, Recurrence, bool)> =
-        vec![("echoai fused LSTM", Recurrence::Auto, true)];
-    if composed {
-        rows.push(("echoai composed LSTM", Recurrence::Composed, true));
+    if let Some(peak) = peak {
+        println!(
+            "  SGEMM 1024^3 peak: {peak:.1} GFLOP/s{}; one training token is {:.1} MFLOP, so the ceiling is {:.0} tokens/s",
+            fma.as_ref().map_or(String::new(), |f| format!(
+                " ({:.0}% of the FMA peak)",
+                100.0 * peak / f.gflops
+            )),
+            flops / 1e6,
+            peak * 1e9 / flops
+        );
     }
-    if baseline {
-        rows.push(("candle_nn::rnn::LSTM", Recurrence::Composed, false));
+    let mut table: Vec<(&str, ModelKind, Recurrence, bool)> =
+        vec![("echoai fused LSTM", ModelKind::Lstm, Recurrence::Auto, true)];
+    if rows.composed {
+        table.push((
+            "echoai composed LSTM",
+            ModelKind::Lstm,
+            Recurrence::Composed,
+            true,
+        ));
     }
-    for (name, recurrence, ours) in rows {
+    if rows.attention {
+        table.push((
+            "echoai lstm-attention",
+            ModelKind::LstmAttention,
+            Recurrence::Auto,
+            true,
+        ));
+    }
+    if rows.baseline && on_cpu {
+        table.push((
+            "candle_nn::rnn::LSTM",
+            ModelKind::Lstm,
+            Recurrence::Composed,
+            false,
+        ));
+    }
+    let mut lstm_rate = None;
+    for (name, kind, recurrence, ours) in table {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let tokens_per_s = if ours {
-            let model = MusicModel::new(&reference_config(s, ModelKind::Lstm), vb)?;
-            time_training(s, iters, &varmap, &|ids, targets| {
+            let model = MusicModel::new(&reference_config(s, kind), vb)?;
+            time_training(s, iters, device, &varmap, &|ids, targets| {
                 model.loss_with(ids, targets, None, recurrence)
             })?
         } else {
             let model = Baseline::new(s, vb)?;
-            time_training(s, iters, &varmap, &|ids, targets| {
+            time_training(s, iters, device, &varmap, &|ids, targets| {
                 let logits = model.forward(ids)?.reshape((s.batch * s.seq, VOCAB_SIZE))?;
                 candle_nn::loss::cross_entropy(&logits, targets)
             })?
@@ -224,10 +272,32 @@ pub fn bench_train(s: &Sizes, iters: usize, baseline: bool, composed: bool) -> a
                 100.0 * tokens_per_s * flops / (f.gflops * 1e9)
             )
         });
-        println!(
-            "  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({:.0}% of the SGEMM ceiling{of_fma}{memory})",
-            100.0 * tokens_per_s * flops / (peak * 1e9)
-        );
+        let of_sgemm = peak.map_or(String::new(), |p| {
+            format!(
+                "{:.0}% of the SGEMM ceiling",
+                100.0 * tokens_per_s * flops / (p * 1e9)
+            )
+        });
+        let of_attention = match (kind, lstm_rate) {
+            // Same sizes and data; the steps differ only by the attention block.
+            (ModelKind::LstmAttention, Some(lstm)) => {
+                format!(
+                    "attention is {:.0}% of the step",
+                    100.0 * (1.0 - tokens_per_s / lstm)
+                )
+            }
+            _ => String::new(),
+        };
+        let details = [of_sgemm, of_attention, of_fma, memory]
+            .iter()
+            .map(|d| d.trim_start_matches(", "))
+            .filter(|d| !d.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({details})");
+        if kind == ModelKind::Lstm && recurrence == Recurrence::Auto && ours {
+            lstm_rate = Some(tokens_per_s);
+        }
     }
     Ok(())
 }

@@ -66,6 +66,9 @@ pub struct TrainArgs {
     /// `auto`, `cpu`, `cuda` or `metal` [default: auto].
     #[arg(long, value_parser = parse_device)]
     pub device: Option<DeviceChoice>,
+    /// On CUDA, let f32 products use TF32 tensor cores (PyTorch's default for cuDNN RNNs).
+    #[arg(long)]
+    pub tf32: bool,
     /// Continue the checkpoint in --out with its optimizer state, schedule and data RNG.
     #[arg(long)]
     pub resume: bool,
@@ -148,6 +151,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // Settings and the folder are checked before the corpus is read: a mistake should cost
     // a second, not a scan.
     let config = args.config()?;
+    crate::device::set_tf32(args.tf32);
     if !args.data.is_dir() {
         anyhow::bail!(
             "cannot read the data folder {}: it is not a folder",

@@ -139,6 +139,9 @@ impl LocalAttention {
 
     /// `[heads, T, T]`: the relative bias inside the causal band, `MASKED` outside it.
     fn band_bias(&self, t: usize, device: &Device) -> Result<Tensor> {
+        if !device.is_cpu() {
+            return self.band_bias_by_product(t, device);
+        }
         let mut index = Vec::with_capacity(t * t);
         let mut mask = Vec::with_capacity(t * t);
         for row in 0..t {
@@ -153,6 +156,33 @@ impl LocalAttention {
         let mask = Tensor::from_vec(mask, (1, t, t), device)?;
         self.rel_bias
             .index_select(&index, 1)?
+            .reshape((self.heads, t, t))?
+            .broadcast_add(&mask)
+    }
+
+    /// As [`Self::band_bias`], built on the device as `rel_bias [heads, W] x S [W, T*T]` with
+    /// `S[w, (r, c)] = (r - c == w)`. An `index_select` of `T*T` ids would leave the backward to
+    /// candle's CUDA `index_add`, one thread per head walking all `T*T` ids (about half of a
+    /// 32 x 512 lstm-attention step on an H200, issue 13); this backward is a GEMM.
+    fn band_bias_by_product(&self, t: usize, device: &Device) -> Result<Tensor> {
+        let positions = Tensor::arange(0i64, t as i64, device)?;
+        let back = positions
+            .unsqueeze(1)?
+            .broadcast_sub(&positions.unsqueeze(0)?)?
+            .flatten_all()?;
+        let offsets = Tensor::arange(0i64, self.window as i64, device)?;
+        let select = offsets
+            .unsqueeze(1)?
+            .broadcast_eq(&back.unsqueeze(0)?)?
+            .to_dtype(DType::F32)?;
+        let inside = select.sum(0)?;
+        let masked = Tensor::full(MASKED, t * t, device)?;
+        let mask = inside
+            .ne(0f32)?
+            .where_cond(&Tensor::zeros(t * t, DType::F32, device)?, &masked)?
+            .reshape((1, t, t))?;
+        self.rel_bias
+            .matmul(&select)?
             .reshape((self.heads, t, t))?
             .broadcast_add(&mask)
     }
@@ -200,5 +230,34 @@ impl LocalAttention {
         cache.keys = Some(keys);
         cache.values = Some(values);
         self.residual(h, &context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn the_band_bias_built_by_product_equals_the_indexed_one() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let attention = LocalAttention::new(8, 2, 3, &vb).unwrap();
+        let values: Vec<f32> = (0..2 * 3).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let rel_bias = Tensor::from_vec(values, (2, 3), &Device::Cpu).unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("rel_bias") {
+                var.set(&rel_bias).unwrap();
+            }
+        }
+        for t in [1, 3, 7] {
+            let indexed = attention.band_bias(t, &Device::Cpu).unwrap();
+            let by_product = attention.band_bias_by_product(t, &Device::Cpu).unwrap();
+            assert_eq!(
+                indexed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                by_product.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "T = {t}"
+            );
+        }
     }
 }

@@ -62,6 +62,8 @@ pub struct FusedLstmOp {
     kernel: Kernel,
     simd: Simd,
     saved: Mutex<Option<Saved>>,
+    #[cfg(feature = "cuda")]
+    saved_cuda: Mutex<Option<super::cuda_lstm::CudaSaved>>,
 }
 
 impl FusedLstmOp {
@@ -73,6 +75,8 @@ impl FusedLstmOp {
             kernel: Kernel::detect(),
             simd: Simd::detect(),
             saved: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            saved_cuda: Mutex::new(None),
         }
     }
 }
@@ -114,6 +118,16 @@ impl Dims {
             h,
             x_width,
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_sizes(&self) -> super::cuda_lstm::Sizes {
+        super::cuda_lstm::Sizes {
+            b: self.b,
+            t: self.t,
+            input: self.input,
+            h: self.h,
+        }
     }
 
     /// Panels of 32 hidden units: the indivisible share of a team member.
@@ -167,6 +181,27 @@ fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
 impl CustomOp3 for FusedLstmOp {
     fn name(&self) -> &'static str {
         "fused-lstm"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.input_kind != LayerInput::Dense {
+            bail!("fused LSTM: on CUDA the op takes vectors, not event ids")
+        }
+        let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
+        let (out, saved) = super::cuda_lstm::forward((s1, l1), (s2, l2), (s3, l3), d.cuda_sizes())?;
+        if self.keep_for_backward {
+            *self.saved_cuda.lock().map_err(|_| poisoned("fused LSTM"))? = Some(saved);
+        }
+        Ok((out, Shape::from((d.b, d.t + 1, d.h))))
     }
 
     fn cpu_fwd(
@@ -413,6 +448,21 @@ impl CustomOp3 for FusedLstmOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let saved = self
+                .saved_cuda
+                .lock()
+                .map_err(|_| poisoned("fused LSTM"))?
+                .take();
+            let Some(saved) = saved else {
+                bail!("fused LSTM: backward without a training forward (or run twice)")
+            };
+            let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
+            let g =
+                super::cuda_lstm::backward([x, w, extra, _res, grad_res], saved, d.cuda_sizes())?;
+            return Ok((Some(g.dx), Some(g.dw), Some(g.dextra)));
+        }
         let saved = self
             .saved
             .lock()

@@ -82,8 +82,9 @@ impl LstmLayer {
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, input) = x.dims3()?;
+        // CUDA runs the op's `cuda_fwd` (feature `cuda`, `cuda_lstm.rs`); Metal stays composed.
         let fused = recurrence == Recurrence::Auto
-            && x.device().is_cpu()
+            && (x.device().is_cpu() || x.device().is_cuda())
             && x.dtype() == DType::F32
             && t > 0
             && b > 0;
@@ -150,10 +151,7 @@ impl LstmLayer {
             let w = Tensor::cat(&[&per_id, &self.w_hh], 1)?;
             return self.fused(&ids.to_dtype(DType::U32)?, &w, h0, c0, LayerInput::Ids);
         }
-        let x =
-            embedding
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, embedding.dim(1)?))?;
+        let x = embed(ids, embedding)?.reshape((b, t, embedding.dim(1)?))?;
         self.forward(&x, h0, c0, recurrence)
     }
 
@@ -286,6 +284,30 @@ impl LstmStack {
     }
 }
 
+/// `embedding[ids]` as `[ids, In]` rows. Off the CPU as a one-hot product: candle's CUDA
+/// `index_add` (the backward of `index_select`) gives each output column one thread that walks
+/// every id in turn, which took ~50 ms of a 128 x 512 step on an H200 (issue 13); a product's
+/// backward is a GEMM.
+pub fn embed(ids: &Tensor, embedding: &Tensor) -> Result<Tensor> {
+    let ids = ids.flatten_all()?;
+    if ids.device().is_cpu() {
+        return embedding.index_select(&ids, 0);
+    }
+    embed_by_product(&ids, embedding)
+}
+
+/// `embedding[ids]` for flat `ids` as a one-hot product, on any device.
+fn embed_by_product(ids: &Tensor, embedding: &Tensor) -> Result<Tensor> {
+    let vocab = embedding.dim(0)? as u32;
+    let classes = Tensor::arange(0u32, vocab, ids.device())?;
+    let one_hot = ids
+        .to_dtype(DType::U32)?
+        .unsqueeze(1)?
+        .broadcast_eq(&classes.unsqueeze(0)?)?
+        .to_dtype(embedding.dtype())?;
+    one_hot.matmul(embedding)
+}
+
 /// Inverted dropout with a mask drawn from our own RNG, so a resumed run draws the same masks.
 pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
     if p <= 0.0 {
@@ -293,9 +315,52 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
     }
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
+    if !x.device().is_cpu() {
+        // Drawn on the device (a host mask is megabytes per step to make and upload), from a
+        // seed of our RNG, so a resumed run still draws the same masks on the same device.
+        x.device().set_seed(rng.next_u64())?;
+        let uniform = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+        let mask = (uniform.lt(keep as f32)?.to_dtype(x.dtype())? * f64::from(scale))?;
+        return x * mask;
+    }
     let mask: Vec<f32> = (0..x.elem_count())
         .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_hot_embedding_equals_the_lookup_with_its_gradient() {
+        let values: Vec<f32> = (0..7 * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        let table = candle_core::Var::from_vec(values, (7, 3), &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[4u32, 0, 6, 4, 2], &Device::Cpu).unwrap();
+        let looked_up = table.index_select(&ids, 0).unwrap();
+        let by_product = embed_by_product(&ids, &table).unwrap();
+        let diff = (&looked_up - &by_product)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let weights = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        let grad_of = |rows: &Tensor| {
+            let loss = rows.broadcast_mul(&weights).unwrap().sum_all().unwrap();
+            loss.backward()
+                .unwrap()
+                .get(&table)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let grad = grad_of(&by_product);
+        assert_eq!(grad, grad_of(&looked_up));
+        assert_eq!(grad[4], vec![2.0, 4.0, 6.0], "id 4 appears twice");
+        assert_eq!(grad[5], vec![0.0; 3]);
+    }
 }

@@ -8,6 +8,8 @@ mod band_attention;
 pub mod checkpoint;
 mod config;
 mod cpu_values;
+#[cfg(feature = "cuda")]
+mod cuda_lstm;
 pub(crate) use cpu_values::with_values;
 mod fused_lstm;
 mod gates;

@@ -4,7 +4,10 @@
 # Build here (docs/CUDA.md), then carry `.gpu/` to the GPU machine and run this from the repo root:
 #   CUDA_COMPUTE_CAP=90 cargo build --release --features cuda
 #   cargo test --release --features cuda --test cuda_parity --no-run   # prints the test binary
+#   LD_LIBRARY_PATH=$CUDA/lib cargo test --release --features cuda --lib cuda   # NVRTC needs no GPU
 #   mkdir -p .gpu && cp $TARGET/release/echoai .gpu/ && cp <that test binary> .gpu/cuda_parity
+#   (strip and xz them to fit a 64 MiB carry; the script unpacks .gpu/*.xz, and a missing
+#   libasound.so.2 can ride along in .gpu/)
 #   OUT=/some/folder .ci/gpu-check.sh
 # Writes gpu-check.log (everything below), bench.txt (the speed table) and train.jsonl to $OUT.
 set -u
@@ -33,6 +36,9 @@ if [ "${SKIP_PARITY:-0}" = 0 ]; then
 echo "== parity (tests/cuda_parity.rs)"
 timeout -k 10 240 "$BIN"/cuda_parity --test-threads 1 --nocapture
 echo "parity exit: $?"
+echo "== parity with the CUDA band-attention kernels on (ECHOAI_CUDA_BAND_ATTENTION=1)"
+ECHOAI_CUDA_BAND_ATTENTION=1 timeout -k 10 240 "$BIN"/cuda_parity --test-threads 1 --nocapture
+echo "parity (band attention) exit: $?"
 fi
 
 echo "== speed: PyTorch cuDNN and echoai, alternated, same card" | tee "$OUT/bench.txt"
@@ -44,6 +50,11 @@ for size in "16 256" "32 512" "128 512"; do
     extra=""; [ "$prec" = f32 ] && extra="--attention"
     timeout -k 5 90 "$BIN"/echoai bench train --device cuda --batch "$1" --seq "$2" --iters 10 --no-baseline $flag $extra 2>&1 \
       | grep -E "bench train|training tokens" | tee -a "$OUT/bench.txt"
+    if [ "$prec" = f32 ]; then
+      echo "(band-attention kernels on)" | tee -a "$OUT/bench.txt"
+      ECHOAI_CUDA_BAND_ATTENTION=1 timeout -k 5 90 "$BIN"/echoai bench train --device cuda --batch "$1" --seq "$2" \
+        --iters 10 --no-baseline --attention 2>&1 | grep -E "lstm-attention" | tee -a "$OUT/bench.txt"
+    fi
   done
 done
 

@@ -28,6 +28,8 @@ pub struct BandAttentionOp {
     keep_for_backward: bool,
     /// Softmax probabilities `[B, heads, T, W]`, indexed by how far back the key is.
     probabilities: Mutex<Option<Vec<f32>>>,
+    #[cfg(feature = "cuda")]
+    probabilities_cuda: Mutex<Option<candle_core::cuda::cudarc::driver::CudaSlice<f32>>>,
 }
 
 impl BandAttentionOp {
@@ -37,6 +39,8 @@ impl BandAttentionOp {
             simd: Simd::detect(),
             keep_for_backward,
             probabilities: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            probabilities_cuda: Mutex::new(None),
         }
     }
 }
@@ -67,6 +71,17 @@ impl Dims {
             d: hidden / heads,
             window,
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_sizes(&self) -> super::cuda_band_attention::Sizes {
+        super::cuda_band_attention::Sizes {
+            b: self.b,
+            t: self.t,
+            hidden: self.hidden,
+            heads: self.heads,
+            window: self.window,
+        }
     }
 
     /// Keys position `t` sees: `back` = 0 ..= this - 1.
@@ -243,6 +258,26 @@ impl CustomOp2 for BandAttentionOp {
         "band-attention"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dm = Dims::of(l1.shape(), l2.shape(), self.heads)?;
+        let (context, probs) =
+            super::cuda_band_attention::forward((s1, l1), (s2, l2), dm.cuda_sizes())?;
+        if self.keep_for_backward {
+            *self
+                .probabilities_cuda
+                .lock()
+                .map_err(|_| poisoned("band attention"))? = Some(probs);
+        }
+        Ok((context, Shape::from((dm.b, dm.t, dm.hidden))))
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -287,6 +322,21 @@ impl CustomOp2 for BandAttentionOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if qkv.device().is_cuda() {
+            let Some(probs) = self
+                .probabilities_cuda
+                .lock()
+                .map_err(|_| poisoned("band attention"))?
+                .take()
+            else {
+                bail!("band attention: backward without a training forward (or run twice)")
+            };
+            let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;
+            let (dqkv, dbias) =
+                super::cuda_band_attention::backward(qkv, grad_res, probs, dm.cuda_sizes())?;
+            return Ok((Some(dqkv), Some(dbias)));
+        }
         let Some(probs) = self
             .probabilities
             .lock()

@@ -17,23 +17,20 @@
 use std::sync::OnceLock;
 
 use candle_core::cuda::cudarc;
-use candle_core::{CudaDevice, CudaStorage, Layout, Result, Storage, Tensor, bail};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Tensor, bail};
 use cudarc::cublas::sys as blas;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::cuda_util::{
+    Ptr, alloc, compiled, ensure_f32, launch_for, storage_ptr, tensor_ptr, wrap,
+};
 
 const SOURCE: &str = include_str!("cuda_lstm.cu");
 const MODULE: &str = "echoai_lstm";
 
-/// The PTX of `cuda_lstm.cu`, compiled on first use.
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        cudarc::nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("compiling the LSTM kernels with NVRTC: {e}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(e.clone()))
+    compiled(&PTX, SOURCE)
 }
 
 /// What backward needs from forward: the activated gates `[B, T, 4H]` and `c_1 .. c_T`
@@ -50,51 +47,6 @@ pub struct Sizes {
     pub t: usize,
     pub input: usize,
     pub h: usize,
-}
-
-/// A device address in floats, with the arithmetic the launches need.
-#[derive(Clone, Copy)]
-struct Ptr(u64);
-
-impl Ptr {
-    fn of(slice: &CudaSlice<f32>, dev: &CudaDevice, offset: usize) -> Ptr {
-        let stream = dev.cuda_stream();
-        let (base, _sync) = slice.device_ptr(&stream);
-        Ptr(base + 4 * offset as u64)
-    }
-
-    fn at(self, floats: usize) -> Ptr {
-        Ptr(self.0 + 4 * floats as u64)
-    }
-}
-
-/// `f32` values of a contiguous tensor on `dev`, as a device address.
-fn tensor_ptr(t: &Tensor, dev: &CudaDevice) -> Result<(Ptr, Tensor)> {
-    let t = t.contiguous()?;
-    let ptr = {
-        let (storage, layout) = t.storage_and_layout();
-        let Storage::Cuda(cuda) = &*storage else {
-            bail!("fused LSTM: expected a CUDA tensor")
-        };
-        Ptr::of(cuda.as_cuda_slice::<f32>()?, dev, layout.start_offset())
-    };
-    // The tensor is returned so its memory outlives the launches that read it.
-    Ok((ptr, t))
-}
-
-fn storage_ptr(s: &CudaStorage, l: &Layout) -> Result<Ptr> {
-    if !l.is_contiguous() {
-        bail!("fused LSTM: expected contiguous inputs on CUDA")
-    }
-    Ok(Ptr::of(
-        s.as_cuda_slice::<f32>()?,
-        &s.device,
-        l.start_offset(),
-    ))
-}
-
-fn ensure_f32(s: &CudaStorage) -> Result<()> {
-    s.as_cuda_slice::<f32>().map(|_| ())
 }
 
 /// Row-major `C[m, n] = op(A) op(B) + beta C` (`op(A)` is `m x k`; `lda` etc. are row strides of
@@ -154,15 +106,6 @@ fn gemm(
         )
     }
     .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: cuBLAS: {e:?}")))
-}
-
-fn launch_for(threads: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(threads as u32)
-}
-
-fn alloc(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
-    // SAFETY: every buffer allocated here is written in full before it is read.
-    unsafe { dev.alloc::<f32>(len.max(1)) }
 }
 
 /// `dst[r * ldd + c] = src[r * lds + c]`.
@@ -395,17 +338,9 @@ pub fn backward(tensors: [&Tensor; 5], saved: CudaSaved, s: Sizes) -> Result<Gra
         (Ptr::of(&dx, dev, 0), input),
     )?;
 
-    let wrap = |slice: CudaSlice<f32>, shape: candle_core::Shape| {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
-            shape,
-            candle_core::op::BackpropOp::none(),
-            false,
-        )
-    };
     Ok(Grads {
-        dx: wrap(dx, (b, t, input).into()),
-        dw: wrap(dw, (four_h, ww).into()),
-        dextra: wrap(dextra, (four_h + 2 * b * h).into()),
+        dx: wrap(dx, dev, (b, t, input)),
+        dw: wrap(dw, dev, (four_h, ww)),
+        dextra: wrap(dextra, dev, four_h + 2 * b * h),
     })
 }

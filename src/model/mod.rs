@@ -9,7 +9,11 @@ pub mod checkpoint;
 mod config;
 mod cpu_values;
 #[cfg(feature = "cuda")]
+mod cuda_band_attention;
+#[cfg(feature = "cuda")]
 mod cuda_lstm;
+#[cfg(feature = "cuda")]
+mod cuda_util;
 pub(crate) use cpu_values::with_values;
 mod fused_lstm;
 mod gates;

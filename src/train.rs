@@ -21,9 +21,11 @@ use crate::model::{ModelConfig, MusicModel};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{time_stretch, transpose};
+use sample_job::SampleJob;
 
 mod history;
 pub mod runs;
+mod sample_job;
 pub mod samples;
 pub use history::{Ema, MAX_POINTS, RunHistory, StepPoint, ValidationPoint};
 
@@ -75,6 +77,9 @@ pub struct TrainConfig {
     /// Write two samples (`train::samples`) every N steps; 0: only when asked.
     #[serde(default = "default_sample_every")]
     pub sample_every: u64,
+    /// Where the samples are made (inline, or in a job on a copy of the weights).
+    #[serde(default)]
+    pub sampling: samples::Sampling,
     pub augment: bool,
     pub seed: u64,
     pub device: DeviceChoice,
@@ -95,6 +100,7 @@ impl Default for TrainConfig {
             validation_crops: 64,
             checkpoint_every: 500,
             sample_every: default_sample_every(),
+            sampling: samples::Sampling::Auto,
             augment: true,
             seed: 1,
             device: DeviceChoice::Auto,
@@ -475,6 +481,7 @@ fn run(
         },
         samples::PRIMER_SECONDS,
     );
+    let mut sample_job: Option<SampleJob> = None;
     on_event(TrainEvent::Started {
         start_step: s.state.step,
         total_steps: cfg.steps,
@@ -587,14 +594,42 @@ fn run(
                 nll,
             });
         }
+        if let Some(job) = sample_job.take_if(|j| j.is_finished()) {
+            finish_sample_job(job, out, on_event);
+        }
         let sample_due = cfg.sample_every > 0 && s.state.step % cfg.sample_every == 0;
         if sample_due || control.sample_now.swap(false, Ordering::SeqCst) {
-            make_samples(&s, out, primer.as_ref(), on_event);
+            if last && let Some(job) = sample_job.take() {
+                // The final weights are always sampled: wait for the job in flight first.
+                finish_sample_job(job, out, on_event);
+            }
+            if !cfg.sampling.in_job() {
+                make_samples(&s, out, primer.as_ref(), on_event);
+            } else if let Some(job) = &sample_job {
+                on_event(TrainEvent::Notice {
+                    message: format!(
+                        "no samples at step {}: those of step {} are still being made",
+                        s.state.step,
+                        job.step()
+                    ),
+                });
+            } else {
+                match SampleJob::start(&s.varmap, &cfg.model, s.state.step, primer.clone()) {
+                    Ok(job) => sample_job = Some(job),
+                    Err(message) => on_event(TrainEvent::Notice {
+                        message: format!("no samples at step {}: {message}", s.state.step),
+                    }),
+                }
+            }
         }
         let periodic = cfg.checkpoint_every > 0 && s.state.step % cfg.checkpoint_every == 0;
         if (periodic || control.checkpoint_now.swap(false, Ordering::SeqCst)) && !last {
             save(&mut s, data, out, control, on_event)?;
         }
+    }
+    // The last samples belong in the final checkpoint.
+    if let Some(job) = sample_job.take() {
+        finish_sample_job(job, out, on_event);
     }
     if control.abandon.load(Ordering::SeqCst) {
         return Err(TrainError::Abandoned {
@@ -633,6 +668,21 @@ fn make_samples(
         }),
         Err(message) => on_event(TrainEvent::Notice {
             message: format!("no samples at step {}: {message}", s.state.step),
+        }),
+    }
+}
+
+/// Waits for a sampling job and writes its samples (on the training thread, between steps).
+fn finish_sample_job(job: SampleJob, out: &Path, on_event: &mut dyn FnMut(TrainEvent)) {
+    let (step, seconds, made) = job.join();
+    match made.and_then(|takes| samples::write_sample_files(out, step, &takes)) {
+        Ok(files) => on_event(TrainEvent::Samples {
+            step,
+            files,
+            seconds,
+        }),
+        Err(message) => on_event(TrainEvent::Notice {
+            message: format!("no samples at step {step}: {message}"),
         }),
     }
 }

@@ -167,6 +167,48 @@ fn samples_of_a_sample_every_run_are_kept_and_listed_after_a_restart() {
 }
 
 #[test]
+fn samples_made_in_a_job_are_those_of_their_step_and_survive_checkpoint_swaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let inline = dir.path().join("inline");
+    let job = dir.path().join("job");
+    // A high rate from the first step, so weights a few steps apart sample differently.
+    let every = [
+        "--sample-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--lr",
+        "0.05",
+        "--warmup",
+        "0",
+    ];
+    cli_run(
+        &inline,
+        6,
+        &[&every[..], &["--sampling", "inline"]].concat(),
+    );
+    cli_run(&job, 6, &[&every[..], &["--sampling", "job"]].concat());
+    let made = echoai::train::samples::list_samples(&job);
+    let steps: Vec<u64> = made.iter().map(|s| s.step).collect();
+    // A sampling due while the last job still runs is skipped (and said so), except the final
+    // step's, which waits for it.
+    assert!(steps.contains(&6), "{steps:?}");
+    for sample in &made {
+        // The job samples a copy of the weights taken at its step: the same files as the
+        // training thread makes at that step with the same seeds.
+        let twin = inline
+            .join("samples")
+            .join(sample.path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read(&sample.path).unwrap(),
+            std::fs::read(&twin).unwrap(),
+            "{}",
+            sample.path.display()
+        );
+    }
+}
+
+#[test]
 fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");

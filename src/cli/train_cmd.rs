@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// <out>/samples/step-NNNNN-*.mid every N steps; 0: never [default: 500].
     #[arg(long)]
     pub sample_every: Option<u64>,
+    /// Where samples are made: `inline` (training thread, between steps) or `job` (a thread
+    /// sampling a copy of the weights while training goes on); `auto` is `job` [default: auto].
+    #[arg(long, value_parser = parse_sampling)]
+    pub sampling: Option<crate::train::samples::Sampling>,
     /// Seed of the weights and the data order [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -91,6 +95,11 @@ pub struct TrainArgs {
     /// Print every event as a JSON line on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+pub fn parse_sampling(text: &str) -> Result<crate::train::samples::Sampling, String> {
+    crate::train::samples::Sampling::parse(text)
+        .ok_or_else(|| format!("unknown sampling `{text}`: use auto, inline or job"))
 }
 
 pub fn parse_kind(text: &str) -> Result<ModelKind, String> {
@@ -123,6 +132,7 @@ impl TrainArgs {
         c.validate_every = self.validate_every.unwrap_or(c.validate_every);
         c.checkpoint_every = self.checkpoint_every.unwrap_or(c.checkpoint_every);
         c.sample_every = self.sample_every.unwrap_or(c.sample_every);
+        c.sampling = self.sampling.unwrap_or(c.sampling);
         c.seed = self.seed.unwrap_or(c.seed);
         c.device = self.device.unwrap_or(c.device);
         if self.no_augment {

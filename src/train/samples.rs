@@ -4,8 +4,10 @@
 //! to `<run>/samples/step-NNNNN-silence.mid` and `step-NNNNN-primer.mid`, and carried through
 //! every checkpoint swap.
 //!
-//! They are made on the training thread between steps with the CPU stepper (weights packed once
-//! per sample, no autograd graph): no second copy of the weights, and nothing races a save.
+//! Where they are made is [`Sampling`]: on the training thread between steps with the CPU
+//! stepper (no second copy of the weights), or in a job on a CPU copy of the weights while
+//! training goes on (`sample_job.rs`). Either way the files are written by the training thread
+//! between steps, so nothing races a checkpoint swap.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -24,6 +26,36 @@ pub const PRIMER_SECONDS: f64 = 5.0;
 /// The seeds of the two samples: the same at every step, so only the weights change.
 const SEED_FROM_SILENCE: u64 = 1;
 const SEED_FROM_PRIMER: u64 = 2;
+
+/// Where a run makes its samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// In a job: measured on 2 CPU cores, a job hid about a third of the sampling time that
+    /// inline sampling adds (`docs/BENCHMARKS.md`), and on a GPU the CPU is otherwise idle.
+    #[default]
+    Auto,
+    /// On the training thread, between steps.
+    Inline,
+    /// In a job on a snapshot of the weights, while training goes on.
+    Job,
+}
+
+impl Sampling {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Self::Auto),
+            "inline" => Some(Self::Inline),
+            "job" => Some(Self::Job),
+            _ => None,
+        }
+    }
+
+    /// Whether a run on `device` samples in a job.
+    pub fn in_job(self) -> bool {
+        self != Self::Inline
+    }
+}
 
 /// One sample file of a run.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,10 +118,18 @@ pub fn write_samples(
     step: u64,
     primer: Option<&Performance>,
 ) -> Result<Vec<PathBuf>, String> {
-    let dir = run.join(SAMPLES_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let takes = make_samples(model, step, primer)?;
+    write_sample_files(run, step, &takes)
+}
+
+/// The two samples of `step` (`silence`, and `primer` when there is one), in memory.
+pub fn make_samples(
+    model: &MusicModel,
+    step: u64,
+    primer: Option<&Performance>,
+) -> Result<Vec<(&'static str, Performance)>, String> {
     let never = AtomicBool::new(false);
-    let mut written = Vec::new();
+    let mut made = Vec::new();
     let jobs = [
         ("silence", None, SEED_FROM_SILENCE),
         ("primer", primer, SEED_FROM_PRIMER),
@@ -108,11 +148,27 @@ pub fn write_samples(
         };
         let takes = generate(model, primer, &config, &never, &mut |_| {})
             .map_err(|e| format!("sampling at step {step}: {e}"))?;
-        let Some(take) = takes.into_iter().next() else {
-            continue;
-        };
+        if let Some(take) = takes.into_iter().next() {
+            made.push((kind, take.performance));
+        }
+    }
+    Ok(made)
+}
+
+/// Writes samples made by [`make_samples`] into the run's `samples/` folder. Only the training
+/// thread calls this, between steps, so a file never lands in a folder a checkpoint swap is
+/// moving aside.
+pub fn write_sample_files(
+    run: &Path,
+    step: u64,
+    takes: &[(&'static str, Performance)],
+) -> Result<Vec<PathBuf>, String> {
+    let dir = run.join(SAMPLES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for (kind, performance) in takes {
         let path = dir.join(sample_name(step, kind));
-        crate::midi::write_midi(&take.performance, &path).map_err(|e| e.to_string())?;
+        crate::midi::write_midi(performance, &path).map_err(|e| e.to_string())?;
         written.push(path);
     }
     Ok(written)

@@ -212,8 +212,9 @@ fn a_jam_on_the_computer_keyboard_is_answered_and_becomes_a_take() {
         h.key_up(key);
         h.step();
     }
+    // The answer comes through the studio's current output (here the fake transport).
     let ons = || {
-        midi_out
+        out.live
             .log
             .lock()
             .unwrap()
@@ -230,6 +231,10 @@ fn a_jam_on_the_computer_keyboard_is_answered_and_becomes_a_take() {
     }
     // The player's notes are echoed (the keyboard has no sound of its own), then the answer.
     assert_eq!(ons()[..3], [60, 64, 67]);
+    assert!(
+        midi_out.log.lock().unwrap().is_empty(),
+        "no MIDI port was used"
+    );
     std::thread::sleep(Duration::from_millis(300));
     h.get_by_label("Stop jam").click();
     h.run();

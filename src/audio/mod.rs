@@ -2,12 +2,14 @@
 //! rendering and WAV export, and real-time playback through rodio with a shared playhead.
 
 mod limiter;
+mod live_synth;
 pub mod player;
 mod render;
 mod soundfont;
 mod wav;
 
 pub use limiter::Limiter;
+pub use live_synth::{LiveSynth, LiveSynthSender};
 pub use player::{Player, PlayerHandle};
 pub use render::{RELEASE_TAIL_SECONDS, SAMPLE_RATE, Stereo, StreamRenderer, render_performance};
 pub use soundfont::PianoSoundFont;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rodio::Source;
 
+use super::live_synth::{LiveSynth, LiveSynthSender};
 use super::render::StreamRenderer;
 use super::{AudioError, PianoSoundFont, SAMPLE_RATE};
 use crate::performance::Performance;
@@ -19,6 +20,8 @@ const NO_SEEK: u64 = u64::MAX;
 
 struct Shared {
     renderer: Mutex<Option<StreamRenderer>>,
+    /// Notes played as they happen, mixed over the transport (see [`PlayerHandle::open_live`]).
+    live: Mutex<Option<LiveSynth>>,
     playing: AtomicBool,
     /// Seconds as f64 bits.
     playhead: AtomicU64,
@@ -46,6 +49,7 @@ impl PlayerHandle {
         PlayerHandle {
             shared: Arc::new(Shared {
                 renderer: Mutex::new(None),
+                live: Mutex::new(None),
                 playing: AtomicBool::new(false),
                 playhead: AtomicU64::new(0f64.to_bits()),
                 seek: AtomicU64::new(NO_SEEK),
@@ -129,9 +133,38 @@ impl PlayerHandle {
         f64::from_bits(self.shared.duration.load(Ordering::SeqCst))
     }
 
-    /// The audio callback's work: fills interleaved stereo samples (silence when stopped).
+    /// A MIDI output on this player's synthesizer: its notes sound over the transport, at the
+    /// player's volume, from the next block on. Replaces an earlier one.
+    pub fn open_live(&self, font: &PianoSoundFont) -> Result<LiveSynthSender, AudioError> {
+        let (synth, sender) = LiveSynth::new(font, SAMPLE_RATE)?;
+        if let Ok(mut slot) = self.shared.live.lock() {
+            *slot = Some(synth);
+        }
+        Ok(sender)
+    }
+
+    /// The audio callback's work: fills interleaved stereo samples: the transport (silence when
+    /// stopped) plus the live notes.
     pub fn fill_interleaved(&self, out: &mut [f32], left: &mut Vec<f32>, right: &mut Vec<f32>) {
         out.fill(0.0);
+        self.fill_transport(out, left, right);
+        let Ok(mut live) = self.shared.live.lock() else {
+            return;
+        };
+        if let Some(live) = live.as_mut() {
+            let frames = out.len() / 2;
+            left.resize(frames, 0.0);
+            right.resize(frames, 0.0);
+            live.render(&mut left[..frames], &mut right[..frames]);
+            let volume = self.volume();
+            for i in 0..frames {
+                out[2 * i] += left[i] * volume;
+                out[2 * i + 1] += right[i] * volume;
+            }
+        }
+    }
+
+    fn fill_transport(&self, out: &mut [f32], left: &mut Vec<f32>, right: &mut Vec<f32>) {
         if !self.is_playing() {
             return;
         }

@@ -12,8 +12,8 @@ pub const SAMPLE_RATE: u32 = 44_100;
 /// Rendered after the last note ends, so its release rings out.
 pub const RELEASE_TAIL_SECONDS: f64 = 2.0;
 /// Full level: a chorale peaks near 0.6, and the limiter catches dense loud chords.
-const MASTER_VOLUME: f32 = 1.0;
-const MAX_POLYPHONY: usize = 256;
+pub(super) const MASTER_VOLUME: f32 = 1.0;
+pub(super) const MAX_POLYPHONY: usize = 256;
 const PIANO_CHANNEL: i32 = 0;
 
 #[derive(Clone, Copy, Debug)]

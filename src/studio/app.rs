@@ -982,6 +982,7 @@ impl Studio {
                                 ui,
                                 self.env.midi_in.as_ref(),
                                 &self.env.midi_out,
+                                self.env.output.as_mut(),
                                 self.generate.settings.checkpoint.clone(),
                                 &self.generate.sampling_config(),
                             );

@@ -10,6 +10,7 @@ use egui::Ui;
 
 use super::jobs::Job;
 use super::musical_typing::{Typed, TypingKeyboard};
+use super::outputs::AudioOut;
 use crate::device::DeviceChoice;
 use crate::generate::GenerateConfig;
 use crate::jam::{DEFAULT_ANSWER_SECONDS, DEFAULT_PAUSE_SECONDS, Jam, JamConfig, JamNote};
@@ -20,6 +21,8 @@ use crate::performance::Performance;
 
 /// The output choice meaning "a virtual port named EchoAI Studio".
 const VIRTUAL: &str = "";
+/// The output choice meaning "the studio's current output" (the built-in synth by default).
+const STUDIO_OUTPUT: &str = "\u{1}studio";
 
 pub enum JamMsg {
     Started(Box<Jam>),
@@ -41,7 +44,7 @@ pub struct JamPanel {
     pub answer_seconds: f64,
     /// `None`: the computer keyboard; otherwise a MIDI input port's name.
     pub input_port: Option<String>,
-    /// A MIDI output port's name, or [`VIRTUAL`].
+    /// A MIDI output port's name, [`VIRTUAL`] or [`STUDIO_OUTPUT`] (the default).
     pub output_port: String,
     job: Option<Job<JamMsg>>,
     jam: Option<Jam>,
@@ -58,7 +61,7 @@ impl Default for JamPanel {
             pause_seconds: DEFAULT_PAUSE_SECONDS,
             answer_seconds: DEFAULT_ANSWER_SECONDS,
             input_port: None,
-            output_port: VIRTUAL.into(),
+            output_port: STUDIO_OUTPUT.into(),
             job: None,
             jam: None,
             connection: None,
@@ -80,6 +83,7 @@ impl JamPanel {
         ui: &mut Ui,
         midi_in: &dyn MidiIn,
         midi_out: &Arc<dyn MidiOut + Send + Sync>,
+        output: &mut dyn AudioOut,
         checkpoint: Option<PathBuf>,
         sampling: &GenerateConfig,
     ) -> Vec<JamEvent> {
@@ -90,11 +94,15 @@ impl JamPanel {
             .default_open(false)
             .show(ui, |ui| {
                 let idle = !self.is_jamming();
-                ui.add_enabled_ui(idle, |ui| self.settings_ui(ui, midi_in, midi_out));
+                let studio_output = output.name();
+                ui.add_enabled_ui(idle, |ui| {
+                    self.settings_ui(ui, midi_in, midi_out, &studio_output)
+                });
                 ui.horizontal(|ui| {
                     if idle {
                         if ui.button("Start jam").clicked() {
-                            match self.start(ui.ctx().clone(), midi_out, checkpoint, sampling) {
+                            let ports = (midi_out, &mut *output);
+                            match self.start(ui.ctx().clone(), ports, checkpoint, sampling) {
                                 Ok(()) => events.push(JamEvent::Message(
                                     "jam: play a phrase, then pause".into(),
                                 )),
@@ -146,6 +154,7 @@ impl JamPanel {
         ui: &mut Ui,
         midi_in: &dyn MidiIn,
         midi_out: &Arc<dyn MidiOut + Send + Sync>,
+        studio_output: &str,
     ) {
         ui.add(egui::Slider::new(&mut self.pause_seconds, 0.2..=3.0).text("pause (s)"));
         ui.add(egui::Slider::new(&mut self.answer_seconds, 1.0..=16.0).text("answer (s)"));
@@ -164,13 +173,15 @@ impl JamPanel {
             });
         let outputs = midi_out.ports().unwrap_or_default();
         let virtual_name = format!("virtual port \"{CLIENT_NAME}\"");
+        let studio_name = format!("studio output ({studio_output})");
         egui::ComboBox::new("jam-output", "answer on")
-            .selected_text(if self.output_port == VIRTUAL {
-                virtual_name.clone()
-            } else {
-                self.output_port.clone()
+            .selected_text(match self.output_port.as_str() {
+                VIRTUAL => virtual_name.clone(),
+                STUDIO_OUTPUT => studio_name.clone(),
+                port => port.to_string(),
             })
             .show_ui(ui, |ui| {
+                ui.selectable_value(&mut self.output_port, STUDIO_OUTPUT.into(), studio_name);
                 ui.selectable_value(&mut self.output_port, VIRTUAL.into(), virtual_name);
                 for p in outputs {
                     ui.selectable_value(&mut self.output_port, p.clone(), p);
@@ -181,7 +192,7 @@ impl JamPanel {
     fn start(
         &mut self,
         ctx: egui::Context,
-        midi_out: &Arc<dyn MidiOut + Send + Sync>,
+        (midi_out, output): (&Arc<dyn MidiOut + Send + Sync>, &mut dyn AudioOut),
         checkpoint: Option<PathBuf>,
         sampling: &GenerateConfig,
     ) -> Result<(), String> {
@@ -193,13 +204,18 @@ impl JamPanel {
             echo_player: self.input_port.is_none(),
         };
         config.validate()?;
-        let port = if self.output_port == VIRTUAL {
-            PortChoice::Virtual(CLIENT_NAME.into())
-        } else {
-            PortChoice::Name(self.output_port.clone())
-        };
-        // Connect on the UI thread: it is quick, and a missing MIDI system is said at once.
-        let sender = midi_out.connect(&port).map_err(|e| format!("jam: {e}"))?;
+        // Connect on the UI thread: it is quick, and a missing MIDI system or sound card is said
+        // at once.
+        let sender = match self.output_port.as_str() {
+            STUDIO_OUTPUT => output.live_notes(),
+            VIRTUAL => midi_out
+                .connect(&PortChoice::Virtual(CLIENT_NAME.into()))
+                .map_err(|e| e.to_string()),
+            port => midi_out
+                .connect(&PortChoice::Name(port.into()))
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("jam: {e}"))?;
         self.shown = 0;
         self.job = Some(Job::spawn(Some(ctx), "jam-start", move |tx, _| {
             let model: Result<MusicModel, String> = DeviceChoice::Cpu

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::audio::{PianoSoundFont, Player, PlayerHandle};
-use crate::live_midi::{MidiOut, MidiScheduler, PortChoice};
+use crate::live_midi::{FakeMidiOut, MidiOut, MidiScheduler, MidiSender, PortChoice};
 use crate::performance::Performance;
 
 pub trait AudioOut {
@@ -20,6 +20,8 @@ pub trait AudioOut {
     fn set_volume(&mut self, volume: f32);
     fn is_playing(&self) -> bool;
     fn playhead(&self) -> f64;
+    /// A channel for notes played as they happen (the jam's answers) on this output.
+    fn live_notes(&mut self) -> Result<Box<dyn MidiSender>, String>;
 }
 
 /// The synthesizer through rodio. The sound card is opened on first play, so a machine without
@@ -90,6 +92,17 @@ impl AudioOut for SynthOut {
 
     fn playhead(&self) -> f64 {
         self.handle.playhead()
+    }
+
+    fn live_notes(&mut self) -> Result<Box<dyn MidiSender>, String> {
+        if self.player.is_none() {
+            self.player = Some(Player::open(self.handle.clone()).map_err(|e| e.to_string())?);
+        }
+        let sender = self
+            .handle
+            .open_live(&self.font)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(sender))
     }
 }
 
@@ -177,6 +190,10 @@ impl AudioOut for MidiPortOut {
     fn playhead(&self) -> f64 {
         self.scheduler.as_ref().map_or(0.0, MidiScheduler::position)
     }
+
+    fn live_notes(&mut self) -> Result<Box<dyn MidiSender>, String> {
+        self.backend.connect(&self.port).map_err(|e| e.to_string())
+    }
 }
 
 /// A transport that only keeps state: for tests, and what the UI tests drive.
@@ -186,6 +203,8 @@ pub struct FakeOut {
     /// Seconds as f64 bits.
     pub position: Arc<AtomicU64>,
     pub loaded_notes: Arc<AtomicU64>,
+    /// Records what [`AudioOut::live_notes`] connections are sent.
+    pub live: FakeMidiOut,
 }
 
 impl AudioOut for FakeOut {
@@ -225,5 +244,11 @@ impl AudioOut for FakeOut {
 
     fn playhead(&self) -> f64 {
         f64::from_bits(self.position.load(Ordering::SeqCst))
+    }
+
+    fn live_notes(&mut self) -> Result<Box<dyn MidiSender>, String> {
+        self.live
+            .connect(&PortChoice::Virtual("fake".into()))
+            .map_err(|e| e.to_string())
     }
 }

@@ -228,3 +228,27 @@ fn ports_resolve_by_index_name_or_part_of_a_name() {
         Err(echoai::live_midi::LiveMidiError::NoSuchPort(p)) if p == "7"
     ));
 }
+
+#[test]
+fn the_virtual_port_opens_or_says_why_not() {
+    use echoai::live_midi::{LiveMidiError, MidiOut, MidirOut, PortChoice};
+    // The real MIDI system: this machine may or may not have one (CI has no ALSA sequencer).
+    match MidirOut.connect(&PortChoice::Virtual("EchoAI Studio test".into())) {
+        Ok(mut sender) => sender
+            .send(&[0x90, 60, 1])
+            .and(sender.send(&[0x80, 60, 0]))
+            .unwrap(),
+        Err(e) => {
+            let message = e.to_string();
+            if cfg!(unix) {
+                assert!(
+                    matches!(e, LiveMidiError::Unavailable(_) | LiveMidiError::Connect(_)),
+                    "{message}"
+                );
+                assert!(message.contains("MIDI"), "{message}");
+            } else {
+                assert!(message.contains("loopMIDI"), "{message}");
+            }
+        }
+    }
+}

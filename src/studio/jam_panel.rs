@@ -160,6 +160,8 @@ impl JamPanel {
         ui.add(egui::Slider::new(&mut self.answer_seconds, 1.0..=16.0).text("answer (s)"));
         let inputs = midi_in.ports().unwrap_or_default();
         egui::ComboBox::new("jam-input", "play on")
+            .width(180.0)
+            .truncate()
             .selected_text(
                 self.input_port
                     .clone()
@@ -174,10 +176,13 @@ impl JamPanel {
         let outputs = midi_out.ports().unwrap_or_default();
         let virtual_name = format!("virtual port \"{CLIENT_NAME}\"");
         let studio_name = format!("studio output ({studio_output})");
-        egui::ComboBox::new("jam-output", "answer on")
+        // Long names are cut, not wrapped: wrapping squeezed the label to a letter a line.
+        let chosen = egui::ComboBox::new("jam-output", "answer on")
+            .width(180.0)
+            .truncate()
             .selected_text(match self.output_port.as_str() {
                 VIRTUAL => virtual_name.clone(),
-                STUDIO_OUTPUT => studio_name.clone(),
+                STUDIO_OUTPUT => "studio output".into(),
                 port => port.to_string(),
             })
             .show_ui(ui, |ui| {
@@ -187,6 +192,11 @@ impl JamPanel {
                     ui.selectable_value(&mut self.output_port, p.clone(), p);
                 }
             });
+        if self.output_port == STUDIO_OUTPUT {
+            chosen
+                .response
+                .on_hover_text(format!("The studio's current output: {studio_output}"));
+        }
     }
 
     fn start(

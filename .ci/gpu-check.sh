@@ -49,13 +49,20 @@ for size in "16 256" "32 512" "128 512"; do
     timeout -k 5 90 python3 .ci/torch_lstm_cuda.py --batch "$1" --seq "$2" $flag 2>&1 | grep RESULT | tee -a "$OUT/bench.txt"
     extra=""; [ "$prec" = f32 ] && extra="--attention"
     timeout -k 5 90 "$BIN"/echoai bench train --device cuda --batch "$1" --seq "$2" --iters 10 --no-baseline $flag $extra 2>&1 \
-      | grep -E "bench train|training tokens" | tee -a "$OUT/bench.txt"
+      | grep -E "bench train|training tokens|forward \+ loss" | tee -a "$OUT/bench.txt"
     if [ "$prec" = f32 ]; then
       echo "(band-attention kernels on)" | tee -a "$OUT/bench.txt"
       ECHOAI_CUDA_BAND_ATTENTION=1 timeout -k 5 90 "$BIN"/echoai bench train --device cuda --batch "$1" --seq "$2" \
         --iters 10 --no-baseline --attention 2>&1 | grep -E "lstm-attention" | tee -a "$OUT/bench.txt"
     fi
   done
+done
+
+echo "== where a step's time goes (--phases synchronises between phases, so these rows run slower)" | tee -a "$OUT/bench.txt"
+for size in "16 256" "32 512" "128 512"; do
+  set -- $size
+  timeout -k 5 90 "$BIN"/echoai bench train --device cuda --batch "$1" --seq "$2" --iters 5 --no-baseline \
+    --attention --phases 2>&1 | grep -E "bench train|training tokens|forward \+ loss" | tee -a "$OUT/bench.txt"
 done
 
 echo "== training: default-size lstm-attention on the demo corpus for 2 minutes"

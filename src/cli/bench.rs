@@ -50,6 +50,10 @@ pub enum BenchCommand {
         /// On CUDA, let f32 products use TF32 tensor cores.
         #[arg(long)]
         tf32: bool,
+        /// Also print each row's forward, backward and optimizer milliseconds (synchronising
+        /// between them).
+        #[arg(long)]
+        phases: bool,
     },
     /// The built-in synth's real-time factor on a MAESTRO sample (about 2.8 minutes).
     Render {
@@ -95,6 +99,7 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             attention,
             device,
             tf32,
+            phases,
         } => {
             let sizes = bench_model::Sizes {
                 batch,
@@ -111,6 +116,7 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 baseline: !no_baseline,
                 composed,
                 attention,
+                phases,
             };
             bench_model::bench_train(&sizes, iters.max(1), rows, &device)?;
             Ok(ExitCode::SUCCESS)

@@ -70,15 +70,25 @@ impl Baseline {
     }
 }
 
+/// What one row measured: median tokens/s, and with `phases` the median milliseconds of the
+/// forward pass with the loss, the backward pass and the optimizer step.
+struct Timing {
+    tokens_per_s: f64,
+    phases_ms: Option<[f64; 3]>,
+}
+
 /// Median training tokens/s of one model over `iters` timed steps (after one warm-up step). On
 /// an accelerator each step ends with a synchronisation, so a step's time is its whole work.
+/// With `phases` it also synchronises between the phases, to time each; that removes the
+/// overlap of one phase's launches with the last one's work, so its tokens/s can be lower.
 fn time_training(
     s: &Sizes,
     iters: usize,
     device: &Device,
     varmap: &VarMap,
+    phases: bool,
     loss_of: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<f64> {
+) -> candle_core::Result<Timing> {
     let mut rng = Rng::new(7);
     let named = varmap
         .data()
@@ -87,6 +97,13 @@ fn time_training(
         .clone();
     let mut opt = AdamW::new(named, AdamWConfig::default())?;
     let mut times = Vec::new();
+    let mut split: [Vec<f64>; 3] = Default::default();
+    let phase_end = |from: &mut Instant| -> candle_core::Result<f64> {
+        device.synchronize()?;
+        let ms = from.elapsed().as_secs_f64() * 1e3;
+        *from = Instant::now();
+        Ok(ms)
+    };
     for i in 0..iters + 1 {
         let ids = random_ids(s.batch * (s.seq + 1), &mut rng);
         let inputs: Vec<u32> = ids
@@ -98,17 +115,27 @@ fn time_training(
             .flat_map(|c| c[1..].to_vec())
             .collect();
         let t0 = Instant::now();
+        let mut phase = t0;
         let inputs = Tensor::from_vec(inputs, (s.batch, s.seq), device)?;
         let targets = Tensor::from_vec(targets, s.batch * s.seq, device)?;
         let loss = loss_of(&inputs, &targets)?;
+        let forward = if phases { phase_end(&mut phase)? } else { 0.0 };
         let grads = loss.backward()?;
+        let backward = if phases { phase_end(&mut phase)? } else { 0.0 };
         opt.step(&grads, 1e-3, 3.0)?;
-        device.synchronize()?;
+        let optimizer = phase_end(&mut phase)?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
+            for (list, ms) in split.iter_mut().zip([forward, backward, optimizer]) {
+                list.push(ms);
+            }
         }
     }
-    Ok((s.batch * s.seq) as f64 / median(times))
+    let phases_ms = phases.then(|| split.map(median));
+    Ok(Timing {
+        tokens_per_s: (s.batch * s.seq) as f64 / median(times),
+        phases_ms,
+    })
 }
 
 fn reference_config(s: &Sizes, kind: ModelKind) -> ModelConfig {
@@ -173,6 +200,8 @@ pub struct TrainRows {
     pub composed: bool,
     /// The lstm-attention model at the same sizes.
     pub attention: bool,
+    /// Also time the forward, backward and optimizer phases of each row.
+    pub phases: bool,
 }
 
 pub fn bench_train(
@@ -250,18 +279,19 @@ pub fn bench_train(
     for (name, kind, recurrence, ours) in table {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let tokens_per_s = if ours {
+        let timing = if ours {
             let model = MusicModel::new(&reference_config(s, kind), vb)?;
-            time_training(s, iters, device, &varmap, &|ids, targets| {
+            time_training(s, iters, device, &varmap, rows.phases, &|ids, targets| {
                 model.loss_with(ids, targets, None, recurrence)
             })?
         } else {
             let model = Baseline::new(s, vb)?;
-            time_training(s, iters, device, &varmap, &|ids, targets| {
+            time_training(s, iters, device, &varmap, rows.phases, &|ids, targets| {
                 let logits = model.forward(ids)?.reshape((s.batch * s.seq, VOCAB_SIZE))?;
                 candle_nn::loss::cross_entropy(&logits, targets)
             })?
         };
+        let tokens_per_s = timing.tokens_per_s;
         // The process's peak so far: each row's model and buffers are freed before the next.
         let memory = crate::memory::peak_resident_bytes().map_or(String::new(), |b| {
             format!(", peak RSS {}", crate::memory::format_bytes(b))
@@ -295,6 +325,12 @@ pub fn bench_train(
             .collect::<Vec<_>>()
             .join(", ");
         println!("  {name:<24} {tokens_per_s:>8.0} training tokens/s  ({details})");
+        if let Some([forward, backward, optimizer]) = timing.phases_ms {
+            println!(
+                "  {:<24} forward + loss {forward:.2} ms, backward {backward:.2} ms, optimizer {optimizer:.2} ms",
+                ""
+            );
+        }
         if kind == ModelKind::Lstm && recurrence == Recurrence::Auto && ours {
             lstm_rate = Some(tokens_per_s);
         }

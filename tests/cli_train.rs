@@ -257,3 +257,31 @@ fn ctrl_c_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
         );
     }
 }
+
+#[test]
+fn bench_train_times_each_phase_of_both_models() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_echoai"))
+        .args("bench train --batch 2 --seq 8 --embed 8 --hidden 16 --iters 2".split(' '))
+        .args("--no-baseline --attention --phases --device cpu".split(' '))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let phases: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("forward + loss"))
+        .collect();
+    assert_eq!(phases.len(), 2, "one per row: {stdout}");
+    for line in phases {
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(numbers.len(), 3, "{line}");
+        assert!(
+            numbers.iter().all(|&ms| ms >= 0.0 && ms < 60_000.0),
+            "{line}"
+        );
+    }
+    assert!(stdout.contains("attention is"), "{stdout}");
+}

@@ -248,3 +248,91 @@ fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
     assert!(exports.join("mine-curves-2.csv").exists());
     assert_eq!(std::fs::read_to_string(&first).unwrap(), csv);
 }
+
+/// The screenshot requests the last frame made (egui hands them to the integration; eframe or
+/// a renderer fills them).
+fn screenshot_requests(h: &egui_kittest::Harness<'_, Studio>) -> Vec<egui::ScreenshotCallback> {
+    h.output()
+        .viewport_output
+        .values()
+        .flat_map(|v| v.commands.iter())
+        .filter_map(|c| match c {
+            egui::ViewportCommand::Screenshot(callback) => Some(callback.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn export_png_writes_the_plot_region_under_the_runs_name_and_never_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let last = runs.join("mine");
+    cli_run(&last, 6, &["--sample-every", "0"]);
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let dialogs = FakeDialogs::default();
+    dialogs.answer(&exports);
+    dialogs.answer(&exports);
+    let out = FakeOut::default();
+    let mut settings = StudioSettings::default();
+    settings.generate.checkpoint = None;
+    settings.tab = Tab::Train;
+    settings.train.runs_dir = runs.clone();
+    settings.train.out_dir = Some(last);
+    let mut h = harness(Studio::new(
+        fake_env(&dialogs, &out, session_root()),
+        settings,
+    ));
+    h.state_mut().central = Central::Training;
+    h.run();
+    let [w, ht] = [1600usize, 1200];
+    // No renderer runs headless: the test plays the integration's part with a window-sized
+    // image whose pixels say where they are.
+    let window = |shade: u8| {
+        let mut image = egui::ColorImage::filled([w, ht], egui::Color32::from_gray(shade));
+        for (i, p) in image.pixels.iter_mut().enumerate() {
+            if (i % w) % 2 == 0 {
+                *p = egui::Color32::from_rgb(200, shade, 40);
+            }
+        }
+        std::sync::Arc::new(image)
+    };
+    for (shade, name) in [(10u8, "mine-plot.png"), (90, "mine-plot-2.png")] {
+        h.get_by_label("Export PNG").click();
+        h.step();
+        let requests = screenshot_requests(&h);
+        assert_eq!(requests.len(), 1, "one screenshot is asked for");
+        requests.into_iter().for_each(|r| r.complete(window(shade)));
+        h.run();
+        let path = exports.join(name);
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&path).expect("the plot is written beside any earlier one"),
+        ));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        // The plots' region, not the whole window, cut from this export's own image.
+        assert!(
+            info.width > 100 && (info.width as usize) < w,
+            "{}",
+            info.width
+        );
+        assert!(
+            info.height > 100 && (info.height as usize) < ht,
+            "{}",
+            info.height
+        );
+        assert!(pixels.chunks(4).any(|p| p == [200, shade, 40, 255]));
+        assert!(
+            pixels
+                .chunks(4)
+                .all(|p| p == [200, shade, 40, 255] || p == [shade, shade, shade, 255])
+        );
+        let status = format!("{:?}", h.state().status);
+        assert!(
+            status.contains("plot written to") && status.contains(name),
+            "{status}"
+        );
+    }
+}

@@ -227,8 +227,9 @@ impl TrainingView {
                 let slot = self.screenshot_done.clone();
                 // egui hands the next frame's pixels to this callback (eframe: on the UI thread).
                 ui.ctx().request_screenshot(move |image| {
-                    let region = image.region(&rect, Some(ppp));
-                    let result = super::png_export::write_png(&path, &region).map(|()| path);
+                    let result = super::png_export::crop(&image, rect, ppp)
+                        .and_then(|region| super::png_export::write_png(&path, &region))
+                        .map(|()| path);
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(result);
                     }
@@ -275,7 +276,8 @@ impl TrainingView {
             let y = if log_y { 10f64.powf(p.y) } else { p.y };
             Some(format!("{name}\nx {:.1}\ny {y:.4}", p.x))
         };
-        let top = ui.min_rect().bottom();
+        // Where the next widget goes: a panel's `min_rect` already spans the whole panel.
+        let top = ui.cursor().top();
         let available = ui.available_height();
         let link = egui::Id::unique("training-x");
         let runs = self.runs.clone().unwrap_or_default();
@@ -357,11 +359,11 @@ impl TrainingView {
                     });
             }
         });
-        let bottom = ui.min_rect().bottom();
-        let mut rect = ui.min_rect();
-        rect.set_top(top);
-        rect.set_bottom(bottom);
-        self.plots_rect = Some(rect);
+        let bottom = ui.cursor().top();
+        self.plots_rect = Some(egui::Rect::from_x_y_ranges(
+            ui.max_rect().x_range(),
+            top..=bottom,
+        ));
     }
 
     fn side_ui(

@@ -336,3 +336,33 @@ fn export_png_writes_the_plot_region_under_the_runs_name_and_never_over_a_file()
         );
     }
 }
+
+#[test]
+fn an_export_whose_folder_dialog_cannot_open_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let last = runs.join("mine");
+    cli_run(&last, 2, &["--sample-every", "0"]);
+    let dialogs = FakeDialogs::default();
+    // rfd without xdg-desktop-portal answers nothing at once, like a cancel.
+    dialogs
+        .unopenable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = FakeOut::default();
+    let mut settings = StudioSettings::default();
+    settings.generate.checkpoint = None;
+    settings.tab = Tab::Train;
+    settings.train.runs_dir = runs.clone();
+    settings.train.out_dir = Some(last);
+    let mut h = harness(Studio::new(
+        fake_env(&dialogs, &out, session_root()),
+        settings,
+    ));
+    h.state_mut().central = Central::Training;
+    h.run();
+    h.get_by_label("Export CSV").click();
+    h.run();
+    let status = format!("{:?}", h.state().status);
+    assert!(status.contains("could not open"), "{status}");
+    assert!(status.contains("xdg-desktop-portal"), "{status}");
+}

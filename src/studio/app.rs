@@ -1010,6 +1010,7 @@ impl Studio {
                     .ui(ui, &self.train, self.env.dialogs.as_ref());
                 self.handle_view_actions(actions, &ctx);
             });
+            self.say_if_a_dialog_failed(&ctx);
             return;
         }
         egui::CentralPanel::default().show(ui, |ui| {
@@ -1040,5 +1041,17 @@ impl Studio {
                 ctx.request_repaint();
             }
         });
+        self.say_if_a_dialog_failed(&ctx);
+    }
+
+    /// Open, Save and Export WAV offer a typed path; any other dialog that could not open (this
+    /// frame, in a panel) says why rather than looking like a cancel.
+    fn say_if_a_dialog_failed(&mut self, ctx: &egui::Context) {
+        if self.env.dialogs.take_unopened() && self.path_entry.is_none() {
+            self.fail(
+                "the system file dialog could not open (is xdg-desktop-portal running?); Open, Save and Export WAV take a typed path",
+            );
+            ctx.request_repaint();
+        }
     }
 }

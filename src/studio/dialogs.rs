@@ -2,7 +2,10 @@
 //! return nothing without a display).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use super::path_entry::timed;
 
 pub trait Dialogs {
     fn open_midi(&self) -> Option<PathBuf>;
@@ -10,9 +13,27 @@ pub trait Dialogs {
     fn save_wav(&self, suggested: &str) -> Option<PathBuf>;
     fn pick_folder(&self, title: &str) -> Option<PathBuf>;
     fn open_soundfont(&self) -> Option<PathBuf>;
+    /// Whether a dialog since the last call answered nothing too fast to have been shown (no
+    /// xdg-desktop-portal): the studio says so instead of looking like a cancel.
+    fn take_unopened(&self) -> bool {
+        false
+    }
 }
 
-pub struct RfdDialogs;
+#[derive(Default)]
+pub struct RfdDialogs {
+    unopened: AtomicBool,
+}
+
+impl RfdDialogs {
+    fn noted<T>(&self, dialog: impl FnOnce() -> Option<T>) -> Option<T> {
+        let (answer, failed) = timed(dialog);
+        if failed {
+            self.unopened.store(true, Ordering::SeqCst);
+        }
+        answer
+    }
+}
 
 fn start_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")
@@ -26,31 +47,41 @@ impl Dialogs for RfdDialogs {
         if let Some(dir) = start_dir() {
             d = d.set_directory(dir);
         }
-        d.pick_file()
+        self.noted(|| d.pick_file())
     }
 
     fn save_midi(&self, suggested: &str) -> Option<PathBuf> {
-        rfd::FileDialog::new()
-            .add_filter("MIDI", &["mid"])
-            .set_file_name(suggested)
-            .save_file()
+        self.noted(|| {
+            rfd::FileDialog::new()
+                .add_filter("MIDI", &["mid"])
+                .set_file_name(suggested)
+                .save_file()
+        })
     }
 
     fn save_wav(&self, suggested: &str) -> Option<PathBuf> {
-        rfd::FileDialog::new()
-            .add_filter("WAV audio", &["wav"])
-            .set_file_name(suggested)
-            .save_file()
+        self.noted(|| {
+            rfd::FileDialog::new()
+                .add_filter("WAV audio", &["wav"])
+                .set_file_name(suggested)
+                .save_file()
+        })
     }
 
     fn pick_folder(&self, title: &str) -> Option<PathBuf> {
-        rfd::FileDialog::new().set_title(title).pick_folder()
+        self.noted(|| rfd::FileDialog::new().set_title(title).pick_folder())
     }
 
     fn open_soundfont(&self) -> Option<PathBuf> {
-        rfd::FileDialog::new()
-            .add_filter("SoundFont", &["sf2", "SF2"])
-            .pick_file()
+        self.noted(|| {
+            rfd::FileDialog::new()
+                .add_filter("SoundFont", &["sf2", "SF2"])
+                .pick_file()
+        })
+    }
+
+    fn take_unopened(&self) -> bool {
+        self.unopened.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -58,6 +89,9 @@ impl Dialogs for RfdDialogs {
 #[derive(Clone, Default)]
 pub struct FakeDialogs {
     pub answers: Arc<Mutex<Vec<PathBuf>>>,
+    /// Every dialog fails to open, as rfd does without a portal.
+    pub unopenable: Arc<AtomicBool>,
+    unopened: Arc<AtomicBool>,
 }
 
 impl FakeDialogs {
@@ -68,6 +102,10 @@ impl FakeDialogs {
     }
 
     fn next(&self) -> Option<PathBuf> {
+        if self.unopenable.load(Ordering::SeqCst) {
+            self.unopened.store(true, Ordering::SeqCst);
+            return None;
+        }
         self.answers
             .lock()
             .ok()
@@ -94,6 +132,10 @@ impl Dialogs for FakeDialogs {
 
     fn open_soundfont(&self) -> Option<PathBuf> {
         self.next()
+    }
+
+    fn take_unopened(&self) -> bool {
+        self.unopened.swap(false, Ordering::SeqCst)
     }
 }
 

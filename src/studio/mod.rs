@@ -32,7 +32,7 @@ use crate::live_midi::{MidirIn, MidirOut};
 /// The real machine: rfd dialogs, the built-in synth, midir ports.
 pub fn system_env() -> StudioEnv {
     StudioEnv {
-        dialogs: Box::new(dialogs::RfdDialogs),
+        dialogs: Box::new(dialogs::RfdDialogs::default()),
         output: Box::new(outputs::SynthOut::new(PianoSoundFont::builtin())),
         midi_out: Arc::new(MidirOut),
         midi_in: Box::new(MidirIn),

@@ -15,7 +15,7 @@ use super::jam_panel::{JamEvent, JamPanel};
 use super::jobs::Job;
 use super::library_panel::LibraryPanel;
 use super::outputs::{AudioOut, MidiPortOut, SynthOut};
-use super::path_entry::{PathEntry, PathPurpose, timed};
+use super::path_entry::{PathEntry, PathPurpose};
 use super::piano_roll::{PianoRoll, RollAction};
 use super::session::TakeStore;
 use super::train_panel::{TrainPanel, TrainPanelEvent, TrainSettings};
@@ -536,32 +536,38 @@ impl Studio {
     }
 
     fn open_dialog(&mut self) {
-        let (answer, failed) = timed(|| self.env.dialogs.open_midi());
+        let answer = self.env.dialogs.open_midi();
         match answer {
             Some(p) => self.request_open(p),
-            None if failed => self.offer_path_entry(PathPurpose::OpenMidi),
+            None if self.env.dialogs.take_unopened() => {
+                self.offer_path_entry(PathPurpose::OpenMidi)
+            }
             None => {}
         }
     }
 
     fn save_dialog(&mut self) {
         let name = suggested_file_name(&self.doc.name, "mid");
-        let (answer, failed) = timed(|| self.env.dialogs.save_midi(&name));
+        let answer = self.env.dialogs.save_midi(&name);
         match answer {
             Some(p) => {
                 let _ = self.save_to(&p);
             }
-            None if failed => self.offer_path_entry(PathPurpose::SaveMidi),
+            None if self.env.dialogs.take_unopened() => {
+                self.offer_path_entry(PathPurpose::SaveMidi)
+            }
             None => {}
         }
     }
 
     fn export_dialog(&mut self, ctx: Option<egui::Context>) {
         let name = suggested_file_name(&self.doc.name, "wav");
-        let (answer, failed) = timed(|| self.env.dialogs.save_wav(&name));
+        let answer = self.env.dialogs.save_wav(&name);
         match answer {
             Some(p) => self.export_wav(ctx, p),
-            None if failed => self.offer_path_entry(PathPurpose::ExportWav),
+            None if self.env.dialogs.take_unopened() => {
+                self.offer_path_entry(PathPurpose::ExportWav)
+            }
             None => {}
         }
     }

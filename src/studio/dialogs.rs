@@ -89,8 +89,7 @@ impl Dialogs for RfdDialogs {
 #[derive(Clone, Default)]
 pub struct FakeDialogs {
     pub answers: Arc<Mutex<Vec<PathBuf>>>,
-    /// Every dialog fails to open, as rfd does without a portal.
-    pub unopenable: Arc<AtomicBool>,
+    /// A dialog with no scripted answer is one that could not open, as rfd's without a portal.
     unopened: Arc<AtomicBool>,
 }
 
@@ -102,14 +101,15 @@ impl FakeDialogs {
     }
 
     fn next(&self) -> Option<PathBuf> {
-        if self.unopenable.load(Ordering::SeqCst) {
-            self.unopened.store(true, Ordering::SeqCst);
-            return None;
-        }
-        self.answers
+        let answer = self
+            .answers
             .lock()
             .ok()
-            .and_then(|mut a| (!a.is_empty()).then(|| a.remove(0)))
+            .and_then(|mut a| (!a.is_empty()).then(|| a.remove(0)));
+        if answer.is_none() {
+            self.unopened.store(true, Ordering::SeqCst);
+        }
+        answer
     }
 }
 

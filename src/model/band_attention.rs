@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::{poisoned, storage_values, with_values};
+use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::Simd;
 use super::kernels::{axpy, dot};
 
@@ -322,30 +322,15 @@ impl CustomOp2 for BandAttentionOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;
         #[cfg(feature = "cuda")]
         if qkv.device().is_cuda() {
-            let Some(probs) = self
-                .probabilities_cuda
-                .lock()
-                .map_err(|_| poisoned("band attention"))?
-                .take()
-            else {
-                bail!("band attention: backward without a training forward (or run twice)")
-            };
-            let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;
+            let probs = take_saved(&self.probabilities_cuda, "band attention")?;
             let (dqkv, dbias) =
                 super::cuda_band_attention::backward(qkv, grad_res, probs, dm.cuda_sizes())?;
             return Ok((Some(dqkv), Some(dbias)));
         }
-        let Some(probs) = self
-            .probabilities
-            .lock()
-            .map_err(|_| poisoned("band attention"))?
-            .take()
-        else {
-            bail!("band attention: backward without a training forward (or run twice)")
-        };
-        let dm = Dims::of(qkv.shape(), rel_bias.shape(), self.heads)?;
+        let probs = take_saved(&self.probabilities, "band attention")?;
         let Dims {
             b,
             t,

@@ -24,6 +24,17 @@ pub fn poisoned(op: &str) -> Error {
     Error::Msg(format!("{op}: poisoned lock"))
 }
 
+/// What a custom op's forward kept for its backward, taken once: a second backward, or one
+/// after an inference forward, is an error.
+pub fn take_saved<T>(slot: &std::sync::Mutex<Option<T>>, op: &str) -> Result<T> {
+    match slot.lock().map_err(|_| poisoned(op))?.take() {
+        Some(saved) => Ok(saved),
+        None => Err(Error::Msg(format!(
+            "{op}: backward without a training forward (or run twice)"
+        ))),
+    }
+}
+
 /// Runs `f` on the tensor's values in row-major order: borrowed when the tensor is a contiguous
 /// CPU tensor of type `T`, else from a contiguous copy.
 pub fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {

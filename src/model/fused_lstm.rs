@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::{poisoned, storage_values, with_values};
+use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::kernels::{tiled_index, tiled_len};
@@ -448,30 +448,15 @@ impl CustomOp3 for FusedLstmOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let saved = self
-                .saved_cuda
-                .lock()
-                .map_err(|_| poisoned("fused LSTM"))?
-                .take();
-            let Some(saved) = saved else {
-                bail!("fused LSTM: backward without a training forward (or run twice)")
-            };
-            let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
+            let saved = take_saved(&self.saved_cuda, "fused LSTM")?;
             let g =
                 super::cuda_lstm::backward([x, w, extra, _res, grad_res], saved, d.cuda_sizes())?;
             return Ok((Some(g.dx), Some(g.dw), Some(g.dextra)));
         }
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| poisoned("fused LSTM"))?
-            .take();
-        let Some(saved) = saved else {
-            bail!("fused LSTM: backward without a training forward (or run twice)")
-        };
-        let d = Dims::of(x.shape(), w.shape(), extra.shape(), self.input_kind)?;
+        let saved = take_saved(&self.saved, "fused LSTM")?;
         let device = x.device();
         // Read in place: the gradient and the weights are megabytes, copied every step otherwise.
         with_values(grad_res, |grad: &[f32]| {

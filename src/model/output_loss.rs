@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu_values::{poisoned, storage_values, with_values};
+use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::Simd;
 use super::matmul::matmul;
 
@@ -123,14 +123,7 @@ impl CustomOp3 for OutputLossOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(mut dlogits) = self
-            .probabilities
-            .lock()
-            .map_err(|_| poisoned("output loss"))?
-            .take()
-        else {
-            bail!("output loss: backward without a training forward (or run twice)")
-        };
+        let mut dlogits = take_saved(&self.probabilities, "output loss")?;
         let (n, hidden, vocab) = dims(h.shape(), wb.shape(), targets.shape())?;
         let width = hidden + 1;
         let scale = grad_res

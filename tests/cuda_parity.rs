@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use common::max_rel_err;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use echoai::model::{ModelConfig, ModelKind, MusicModel, Recurrence};
@@ -40,6 +41,19 @@ fn initial_weights(config: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
     MusicModel::new(config, vb).unwrap();
     echoai::model::init::initialize(&varmap, config, seed).unwrap();
     echoai::model::checkpoint::varmap_tensors(&varmap)
+}
+
+/// Every parameter's gradient, on the CPU, by name.
+fn grads_by_name(varmap: &VarMap, grads: &GradStore) -> HashMap<String, Tensor> {
+    let vars = varmap.data().lock().unwrap();
+    vars.iter()
+        .map(|(name, var)| {
+            let grad = grads
+                .get(var.as_tensor())
+                .expect("every parameter gets a gradient");
+            (name.clone(), grad.to_device(&Device::Cpu).unwrap())
+        })
+        .collect()
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -139,23 +153,7 @@ fn every_parameter_gradient_matches_the_cpu_for_both_models() {
             let (inputs, targets) = batch(6, 40, &device);
             let loss = model.loss(&inputs, &targets, None).unwrap();
             let grads = loss.backward().unwrap();
-            let by_name: HashMap<String, Tensor> = varmap
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.clone(),
-                        grads
-                            .get(v.as_tensor())
-                            .unwrap()
-                            .to_device(&Device::Cpu)
-                            .unwrap(),
-                    )
-                })
-                .collect();
-            grads_of.push((scalar(&loss), by_name));
+            grads_of.push((scalar(&loss), grads_by_name(&varmap, &grads)));
         }
         let (cpu, gpu) = (&grads_of[0], &grads_of[1]);
         println!("{} loss: cpu {} cuda {}", kind.name(), cpu.0, gpu.0);
@@ -254,21 +252,7 @@ fn a_long_sequence_and_a_large_batch_match_the_composed_recurrence_on_cuda() {
             .loss_with(&inputs, &targets, None, recurrence)
             .unwrap();
         let grads = loss.backward().unwrap();
-        let vars = varmap.data().lock().unwrap();
-        let by_name: HashMap<String, Tensor> = vars
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.clone(),
-                    grads
-                        .get(v.as_tensor())
-                        .unwrap()
-                        .to_device(&Device::Cpu)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        results.push((scalar(&loss), by_name));
+        results.push((scalar(&loss), grads_by_name(&varmap, &grads)));
     }
     assert!(
         (results[0].0 - results[1].0).abs() < 1e-5,

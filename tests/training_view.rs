@@ -15,14 +15,18 @@ use common::studio::{fake_env, harness, session_root, step_until, training_in_th
 
 /// A studio whose runs folder is `runs` (and whose last run was `last`), on the Train tab.
 fn studio_with_runs(runs: &Path, last: Option<PathBuf>) -> Studio {
-    let dialogs = FakeDialogs::default();
+    studio_with_dialogs(runs, last, &FakeDialogs::default())
+}
+
+/// As [`studio_with_runs`], answering its dialogs from `dialogs`.
+fn studio_with_dialogs(runs: &Path, last: Option<PathBuf>, dialogs: &FakeDialogs) -> Studio {
     let out = FakeOut::default();
     let mut settings = StudioSettings::default();
     settings.generate.checkpoint = None;
     settings.tab = Tab::Train;
     settings.train.runs_dir = runs.to_path_buf();
     settings.train.out_dir = last;
-    Studio::new(fake_env(&dialogs, &out, session_root()), settings)
+    Studio::new(fake_env(dialogs, &out, session_root()), settings)
 }
 
 /// `echoai train` on the demo piano pieces: a one-layer model, `steps` steps, more settings in
@@ -219,16 +223,7 @@ fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
     let dialogs = FakeDialogs::default();
     dialogs.answer(&exports);
     dialogs.answer(&exports);
-    let out = FakeOut::default();
-    let mut settings = StudioSettings::default();
-    settings.generate.checkpoint = None;
-    settings.tab = Tab::Train;
-    settings.train.runs_dir = runs.clone();
-    settings.train.out_dir = Some(last);
-    let mut h = harness(Studio::new(
-        fake_env(&dialogs, &out, session_root()),
-        settings,
-    ));
+    let mut h = harness(studio_with_dialogs(&runs, Some(last), &dialogs));
     h.state_mut().central = Central::Training;
     h.run();
     h.get_by_label("Export CSV").click();
@@ -274,16 +269,7 @@ fn export_png_writes_the_plot_region_under_the_runs_name_and_never_over_a_file()
     let dialogs = FakeDialogs::default();
     dialogs.answer(&exports);
     dialogs.answer(&exports);
-    let out = FakeOut::default();
-    let mut settings = StudioSettings::default();
-    settings.generate.checkpoint = None;
-    settings.tab = Tab::Train;
-    settings.train.runs_dir = runs.clone();
-    settings.train.out_dir = Some(last);
-    let mut h = harness(Studio::new(
-        fake_env(&dialogs, &out, session_root()),
-        settings,
-    ));
+    let mut h = harness(studio_with_dialogs(&runs, Some(last), &dialogs));
     h.state_mut().central = Central::Training;
     h.run();
     let [w, ht] = [1600usize, 1200];
@@ -343,21 +329,9 @@ fn an_export_whose_folder_dialog_cannot_open_says_why() {
     let runs = dir.path().join("runs");
     let last = runs.join("mine");
     cli_run(&last, 2, &["--sample-every", "0"]);
+    // No scripted answer: the fake, like rfd without xdg-desktop-portal, answers nothing at once.
     let dialogs = FakeDialogs::default();
-    // rfd without xdg-desktop-portal answers nothing at once, like a cancel.
-    dialogs
-        .unopenable
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = FakeOut::default();
-    let mut settings = StudioSettings::default();
-    settings.generate.checkpoint = None;
-    settings.tab = Tab::Train;
-    settings.train.runs_dir = runs.clone();
-    settings.train.out_dir = Some(last);
-    let mut h = harness(Studio::new(
-        fake_env(&dialogs, &out, session_root()),
-        settings,
-    ));
+    let mut h = harness(studio_with_dialogs(&runs, Some(last), &dialogs));
     h.state_mut().central = Central::Training;
     h.run();
     h.get_by_label("Export CSV").click();

@@ -285,3 +285,19 @@ fn bench_train_times_each_phase_of_both_models() {
     }
     assert!(stdout.contains("attention is"), "{stdout}");
 }
+
+#[test]
+fn bench_train_names_a_size_out_of_range_before_sizing_anything() {
+    for (flag, value, name) in [
+        ("--batch", "0", "batch"),
+        ("--hidden", "99999999", "hidden"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_echoai"))
+            .args(["bench", "train", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(&format!("{name} is {value}")), "{stderr}");
+    }
+}

@@ -101,6 +101,19 @@ pub fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             tf32,
             phases,
         } => {
+            // The sizes are checked as `train` checks them, before they size any buffer.
+            crate::train::TrainConfig {
+                model: crate::model::ModelConfig {
+                    embed,
+                    hidden,
+                    ..Default::default()
+                },
+                batch,
+                seq_len: seq,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(anyhow::Error::msg)?;
             let sizes = bench_model::Sizes {
                 batch,
                 seq,

@@ -69,16 +69,17 @@ impl AdamW {
             }
             return Ok(total.sqrt());
         }
-        let mut total = 0.0;
+        // One read for all parameters: on a GPU each read waits for the device to drain.
+        let mut sums = Vec::with_capacity(self.params.len());
         for (_, var) in &self.params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                total += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                sums.push(g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?);
             }
         }
+        if sums.is_empty() {
+            return Ok(0.0);
+        }
+        let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f64>()?;
         Ok(total.sqrt())
     }
 
@@ -115,6 +116,22 @@ impl AdamW {
                 decay: (1.0 - lr * c.weight_decay) as f32,
             };
             return self.step_cpu(grads, &constants, norm);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = self.fused_cuda_device() {
+            let scalars = [
+                c.beta1 as f32,
+                (1.0 - c.beta1) as f32,
+                c.beta2 as f32,
+                (1.0 - c.beta2) as f32,
+                scale as f32,
+                (1.0 / correction1) as f32,
+                (1.0 / correction2) as f32,
+                c.eps as f32,
+                lr as f32,
+                (1.0 - lr * c.weight_decay) as f32,
+            ];
+            return self.step_cuda(grads, &scalars, &dev, norm);
         }
         let mut updates = Vec::with_capacity(self.params.len());
         for (i, (_, var)) in self.params.iter().enumerate() {
@@ -158,6 +175,53 @@ impl AdamW {
                 .params
                 .iter()
                 .all(|(_, var)| var.device().is_cpu() && var.dtype() == candle_core::DType::F32)
+    }
+
+    /// The GPU when every parameter is f32 on one CUDA device.
+    #[cfg(feature = "cuda")]
+    fn fused_cuda_device(&self) -> Option<candle_core::CudaDevice> {
+        if self.composed_only {
+            return None;
+        }
+        let (_, first) = self.params.first()?;
+        let candle_core::Device::Cuda(dev) = first.device() else {
+            return None;
+        };
+        self.params
+            .iter()
+            .all(|(_, var)| {
+                var.dtype() == candle_core::DType::F32 && var.device().same_device(first.device())
+            })
+            .then(|| dev.clone())
+    }
+
+    /// [`AdamW::step`] on CUDA: one kernel per parameter (`model/adamw.cu`) and one read of a
+    /// flag at the end, instead of a dozen ops and a read per parameter.
+    #[cfg(feature = "cuda")]
+    fn step_cuda(
+        &mut self,
+        grads: &GradStore,
+        scalars: &crate::model::AdamWScalars,
+        dev: &candle_core::CudaDevice,
+        norm: f64,
+    ) -> Result<f64> {
+        let flag = crate::model::NonFiniteFlag::new(dev)?;
+        let mut updates = Vec::with_capacity(self.params.len());
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let [w, m, v] = crate::model::adamw_update(
+                [var.as_tensor(), &g.detach(), &self.m[i], &self.v[i]],
+                scalars,
+                &flag,
+            )?;
+            updates.push((i, w, m, v));
+        }
+        if flag.is_set()? {
+            return Ok(f64::NAN);
+        }
+        self.commit(updates, norm)
     }
 
     /// [`AdamW::step`] on the CPU in one pass per parameter: the composed tensor ops above make

@@ -233,7 +233,8 @@ fn fifteen_adamw_steps_follow_the_cpu_loss_curve_for_both_models() {
 
 #[test]
 fn a_long_sequence_and_a_large_batch_match_the_composed_recurrence_on_cuda() {
-    // Beyond one thread block per step and with state carried over hundreds of steps.
+    // Beyond one thread block per step and with state carried over hundreds of steps; 64
+    // sequences also step as two row blocks on two streams (`cuda_lanes.rs`).
     let dev = cuda();
     let config = ModelConfig {
         kind: ModelKind::Lstm,
@@ -245,7 +246,7 @@ fn a_long_sequence_and_a_large_batch_match_the_composed_recurrence_on_cuda() {
     };
     let weights = initial_weights(&config, 3);
     let (model, varmap) = model_with(&config, &weights, &dev);
-    let (inputs, targets) = batch(24, 300, &dev);
+    let (inputs, targets) = batch(64, 300, &dev);
     let mut results = Vec::new();
     for recurrence in [Recurrence::Auto, Recurrence::Composed] {
         let loss = model

@@ -69,9 +69,3 @@ extern "C" __global__ void copy_rows(
     long long r = idx / cols, c = idx % cols;
     dst[r * ldd + c] = src[r * lds + c];
 }
-
-extern "C" __global__ void fill(float* dst, float value, long long n)
-{
-    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx < n) dst[idx] = value;
-}

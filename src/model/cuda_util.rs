@@ -8,14 +8,15 @@ use std::sync::OnceLock;
 
 use candle_core::cuda::cudarc;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor, bail};
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::cublas::sys as blas;
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
-/// A device address in floats, with the arithmetic the launches need.
+/// A device address of 4-byte values (`f32`, `u32`), with the arithmetic the launches need.
 #[derive(Clone, Copy)]
 pub struct Ptr(pub u64);
 
 impl Ptr {
-    pub fn of(slice: &CudaSlice<f32>, dev: &CudaDevice, offset: usize) -> Ptr {
+    pub fn of<T: FourBytes>(slice: &CudaSlice<T>, dev: &CudaDevice, offset: usize) -> Ptr {
         let stream = dev.cuda_stream();
         let (base, _sync) = slice.device_ptr(&stream);
         Ptr(base + 4 * offset as u64)
@@ -25,6 +26,11 @@ impl Ptr {
         Ptr(self.0 + 4 * floats as u64)
     }
 }
+
+/// Element types whose addresses [`Ptr`] steps in 4 bytes.
+pub trait FourBytes: cudarc::driver::DeviceRepr {}
+impl FourBytes for f32 {}
+impl FourBytes for u32 {}
 
 /// The PTX of `source`, compiled with NVRTC on first use and kept in `cache`.
 pub fn compiled(
@@ -96,6 +102,91 @@ pub fn launch_error(kernel: &str) -> impl Fn(cudarc::driver::DriverError) -> can
     move |e| candle_core::Error::Msg(format!("CUDA kernel {kernel}: {e}"))
 }
 
+/// Row-major `C[m, n] = op(A) op(B) + beta C` (`op(A)` is `m x k`; `lda` etc. are row strides of
+/// the matrices as stored). cuBLAS is column-major, so it computes `C^T = op(B)^T op(A)^T`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    dev: &CudaDevice,
+    (m, n, k): (usize, usize, usize),
+    a: (Ptr, usize, bool),
+    b: (Ptr, usize, bool),
+    beta: f32,
+    c: (Ptr, usize),
+) -> Result<()> {
+    gemm_on(&dev.cublas_handle(), (m, n, k), a, b, beta, c)
+}
+
+/// [`gemm`] on `handle`'s stream.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_on(
+    handle: &cudarc::cublas::CudaBlas,
+    (m, n, k): (usize, usize, usize),
+    (a, lda, trans_a): (Ptr, usize, bool),
+    (b, ldb, trans_b): (Ptr, usize, bool),
+    beta: f32,
+    (c, ldc): (Ptr, usize),
+) -> Result<()> {
+    let op = |t: bool| {
+        if t {
+            blas::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let compute = if candle_core::cuda::gemm_reduced_precision_f32() {
+        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
+    let int = |v: usize| {
+        i32::try_from(v)
+            .map_err(|_| candle_core::Error::Msg(format!("{v} exceeds cuBLAS's 32-bit sizes")))
+    };
+    let alpha = 1.0f32;
+    // SAFETY: every address is inside a live buffer of the sizes the caller computed from the
+    // op's checked shapes. The handle runs on candle's stream, which orders these products after
+    // the launches that produce their inputs, or on a lane that joined it (`cuda_lanes.rs`).
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *handle.handle(),
+            op(trans_b),
+            op(trans_a),
+            int(n)?,
+            int(m)?,
+            int(k)?,
+            (&alpha as *const f32).cast(),
+            b.0 as *const _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(ldb)?,
+            a.0 as *const _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(lda)?,
+            (&beta as *const f32).cast(),
+            c.0 as *mut _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(ldc)?,
+            compute,
+            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("cuBLAS: {e:?}")))
+}
+
+const UTIL_SOURCE: &str = include_str!("cuda_util.cu");
+
+/// A buffer of `n` ones: the left operand that sums rows in a GEMM.
+pub fn ones(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let func = dev.get_or_load_custom_func("fill", "echoai_util", compiled(&PTX, UTIL_SOURCE)?)?;
+    let ones = alloc(dev, n)?;
+    let (dst, one, len) = (Ptr::of(&ones, dev, 0), 1.0f32, n as i64);
+    let mut args = func.builder();
+    args.arg(&dst.0).arg(&one).arg(&len);
+    // SAFETY: `fill`'s arguments, in order; `ones` holds `n` floats.
+    unsafe { args.launch(launch_for(n)) }.map_err(launch_error("fill"))?;
+    Ok(ones)
+}
+
 #[cfg(test)]
 mod tests {
     /// NVRTC needs no GPU, so the build machine catches what would otherwise fail only on a
@@ -105,6 +196,9 @@ mod tests {
         for (name, source) in [
             ("cuda_lstm.cu", include_str!("cuda_lstm.cu")),
             ("band_attention.cu", include_str!("band_attention.cu")),
+            ("output_loss.cu", include_str!("output_loss.cu")),
+            ("cuda_util.cu", include_str!("cuda_util.cu")),
+            ("adamw.cu", include_str!("adamw.cu")),
         ] {
             if let Err(e) = super::cudarc::nvrtc::compile_ptx(source) {
                 panic!("{name}: {e:?}");

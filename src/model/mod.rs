@@ -9,9 +9,17 @@ pub mod checkpoint;
 mod config;
 mod cpu_values;
 #[cfg(feature = "cuda")]
+mod cuda_adamw;
+#[cfg(feature = "cuda")]
+pub(crate) use cuda_adamw::{AdamWScalars, NonFiniteFlag, adamw_update};
+#[cfg(feature = "cuda")]
 mod cuda_band_attention;
 #[cfg(feature = "cuda")]
+mod cuda_lanes;
+#[cfg(feature = "cuda")]
 mod cuda_lstm;
+#[cfg(feature = "cuda")]
+mod cuda_output_loss;
 #[cfg(feature = "cuda")]
 mod cuda_util;
 pub(crate) use cpu_values::with_values;
@@ -162,8 +170,8 @@ impl MusicModel {
         self.loss_with(ids, targets, dropout_rng, Recurrence::Auto)
     }
 
-    /// As [`MusicModel::loss`]; `Recurrence::Auto` on the CPU in f32 also fuses the output layer
-    /// with the loss ([`output_loss::OutputLossOp`]), `Composed` uses candle's ops throughout.
+    /// As [`MusicModel::loss`]; `Recurrence::Auto` in f32 on the CPU or CUDA also fuses the
+    /// output layer with the loss ([`output_loss::OutputLossOp`]), `Composed` uses candle's ops throughout.
     pub fn loss_with(
         &self,
         ids: &Tensor,
@@ -176,7 +184,7 @@ impl MusicModel {
         let h = h.reshape((b * t, hidden))?;
         let weight = self.output.weight();
         let fused = recurrence == Recurrence::Auto
-            && h.device().is_cpu()
+            && (h.device().is_cpu() || cfg!(feature = "cuda") && h.device().is_cuda())
             && h.dtype() == DType::F32
             && b * t > 0;
         if !fused {

@@ -1,5 +1,5 @@
 //! The output layer and the mean cross-entropy of the next event as one candle custom op
-//! (CPU, f32), with a hand-written backward pass.
+//! (CPU, f32; CUDA in `cuda_output_loss.rs`), with a hand-written backward pass.
 //!
 //! Why: through candle's ops, `Linear` then `cross_entropy` cost ~70 ms of backward pass on a
 //! reference batch (16 x 256 events, 390 classes) for ~17 ms of matrix products: the log-softmax
@@ -24,6 +24,8 @@ pub struct OutputLossOp {
     simd: Simd,
     /// Softmax probabilities `[N, V]` from the forward pass.
     probabilities: Mutex<Option<Vec<f32>>>,
+    #[cfg(feature = "cuda")]
+    saved_cuda: Mutex<Option<super::cuda_output_loss::CudaSaved>>,
 }
 
 impl OutputLossOp {
@@ -32,6 +34,8 @@ impl OutputLossOp {
             keep_for_backward,
             simd: Simd::detect(),
             probabilities: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            saved_cuda: Mutex::new(None),
         }
     }
 }
@@ -46,9 +50,35 @@ fn dims(h: &Shape, wb: &Shape, targets: &Shape) -> Result<(usize, usize, usize)>
     Ok((n, hidden, vocab))
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_sizes((n, hidden, vocab): (usize, usize, usize)) -> super::cuda_output_loss::Sizes {
+    super::cuda_output_loss::Sizes { n, hidden, vocab }
+}
+
 impl CustomOp3 for OutputLossOp {
     fn name(&self) -> &'static str {
         "output-cross-entropy"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let sizes = cuda_sizes(dims(l1.shape(), l2.shape(), l3.shape())?);
+        let (loss, saved) = super::cuda_output_loss::forward((s1, l1), (s2, l2), (s3, l3), sizes)?;
+        if self.keep_for_backward {
+            *self
+                .saved_cuda
+                .lock()
+                .map_err(|_| poisoned("output loss"))? = Some(saved);
+        }
+        Ok((loss, Shape::from(())))
     }
 
     fn cpu_fwd(
@@ -123,8 +153,16 @@ impl CustomOp3 for OutputLossOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut dlogits = take_saved(&self.probabilities, "output loss")?;
         let (n, hidden, vocab) = dims(h.shape(), wb.shape(), targets.shape())?;
+        #[cfg(feature = "cuda")]
+        if h.device().is_cuda() {
+            let saved = take_saved(&self.saved_cuda, "output loss")?;
+            let sizes = cuda_sizes((n, hidden, vocab));
+            let (dh, dwb) =
+                super::cuda_output_loss::backward([h, wb, targets, grad_res], saved, sizes)?;
+            return Ok((Some(dh), Some(dwb), None));
+        }
+        let mut dlogits = take_saved(&self.probabilities, "output loss")?;
         let width = hidden + 1;
         let scale = grad_res
             .to_dtype(candle_core::DType::F32)?

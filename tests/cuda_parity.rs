@@ -233,8 +233,7 @@ fn fifteen_adamw_steps_follow_the_cpu_loss_curve_for_both_models() {
 
 #[test]
 fn a_long_sequence_and_a_large_batch_match_the_composed_recurrence_on_cuda() {
-    // Beyond one thread block per step and with state carried over hundreds of steps; 64
-    // sequences also step as two row blocks on two streams (`cuda_lanes.rs`).
+    // Beyond one thread block per step and with state carried over hundreds of steps.
     let dev = cuda();
     let config = ModelConfig {
         kind: ModelKind::Lstm,

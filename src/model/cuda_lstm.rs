@@ -11,10 +11,8 @@
 //!   `dh_{t-1} = dG_t W_hh`; then `dW_ih`, `dW_hh`, the bias and `dx` as one GEMM each over all
 //!   steps.
 //!
-//! The step loops cut a large batch into row blocks that step side by side on their own streams
-//! (`cuda_lanes.rs`); everything else goes to candle's stream, whose frees are stream-ordered,
-//! so a buffer dropped after its last launch (and the lanes' join) is never reused before that
-//! launch runs.
+//! All launches go to candle's single stream, whose frees are stream-ordered, so a buffer
+//! dropped after its last launch is never reused before that launch runs.
 
 use std::sync::OnceLock;
 
@@ -22,10 +20,8 @@ use candle_core::cuda::cudarc;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Tensor, bail};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::cuda_lanes as lanes;
 use super::cuda_util::{
-    Ptr, alloc, compiled, ensure_f32, gemm, gemm_on, launch_for, ones, storage_ptr, tensor_ptr,
-    wrap,
+    Ptr, alloc, compiled, ensure_f32, gemm, launch_for, ones, storage_ptr, tensor_ptr, wrap,
 };
 
 const SOURCE: &str = include_str!("cuda_lstm.cu");
@@ -116,8 +112,7 @@ pub fn forward(
     )?;
     let step = dev.get_or_load_custom_func("lstm_fwd_step", MODULE, ptx()?)?;
     let (ldg, ldc, ldh) = ((t * four_h) as i64, (t * h) as i64, ((t + 1) * h) as i64);
-    let h32 = h as i32;
-    let blocks = lanes::fork(dev, b)?;
+    let (b32, h32) = (b as i32, h as i32);
     for step_t in 0..t {
         let (h_prev, ld_hp) = if step_t == 0 {
             (h0, h)
@@ -130,35 +125,27 @@ pub fn forward(
             (cs.at((step_t - 1) * h), t * h)
         };
         let g_t = g.at(step_t * four_h);
+        gemm(
+            dev,
+            (b, four_h, h),
+            (h_prev, ld_hp, false),
+            (w.at(input), ww, true),
+            1.0,
+            (g_t, t * four_h),
+        )?;
+        let ld_cp = ld_cp as i64;
         let (c_t, h_t) = (cs.at(step_t * h), o.at(step_t * h));
-        // Each row block steps on its own lane; its rows start `start` rows into every matrix.
-        for block in &blocks {
-            let row = |p: Ptr, ld: usize| p.at(block.start * ld);
-            let g_rows = row(g_t, t * four_h);
-            gemm_on(
-                &block.lane.blas,
-                (block.rows, four_h, h),
-                (row(h_prev, ld_hp), ld_hp, false),
-                (w.at(input), ww, true),
-                1.0,
-                (g_rows, t * four_h),
-            )?;
-            let (c_prev_rows, c_rows, h_rows) =
-                (row(c_prev, ld_cp), row(c_t, t * h), row(h_t, (t + 1) * h));
-            let (ld_cp, rows32) = (ld_cp as i64, block.rows as i32);
-            let mut args = block.lane.stream.launch_builder(&step);
-            args.arg(&g_rows.0).arg(&ldg).arg(&bias.0);
-            args.arg(&c_prev_rows.0).arg(&ld_cp);
-            args.arg(&c_rows.0).arg(&ldc);
-            args.arg(&h_rows.0).arg(&ldh);
-            args.arg(&rows32).arg(&h32);
-            // SAFETY: the arguments match `lstm_fwd_step` in cuda_lstm.cu; every row it touches
-            // lies inside the buffers allocated above for these sizes.
-            unsafe { args.launch(launch_for(block.rows * h)) }
-                .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: forward step: {e}")))?;
-        }
+        let mut args = step.builder();
+        args.arg(&g_t.0).arg(&ldg).arg(&bias.0);
+        args.arg(&c_prev.0).arg(&ld_cp);
+        args.arg(&c_t.0).arg(&ldc);
+        args.arg(&h_t.0).arg(&ldh);
+        args.arg(&b32).arg(&h32);
+        // SAFETY: the arguments match `lstm_fwd_step` in cuda_lstm.cu; every row it touches lies
+        // inside the buffers allocated above for these sizes.
+        unsafe { args.launch(launch_for(b * h)) }
+            .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: forward step: {e}")))?;
     }
-    lanes::join(dev, &blocks)?;
     copy_rows(
         dev,
         (o.at(t * h), (t + 1) * h),
@@ -200,48 +187,36 @@ pub fn backward(tensors: [&Tensor; 5], saved: CudaSaved, s: Sizes) -> Result<Gra
     copy_rows(dev, (dcp, h), (gr.at(t * h), (t + 1) * h), b, h)?;
     let step = dev.get_or_load_custom_func("lstm_bwd_step", MODULE, ptx()?)?;
     let (ldg, ldgh, ldc) = ((t * four_h) as i64, ((t + 1) * h) as i64, (t * h) as i64);
-    let h32 = h as i32;
-    let blocks = lanes::fork(dev, b)?;
+    let (b32, h32) = (b as i32, h as i32);
     for step_t in (0..t).rev() {
         let (c_prev, ld_cp) = if step_t == 0 {
             (c0, h)
         } else {
             (cs.at((step_t - 1) * h), t * h)
         };
+        let ld_cp = ld_cp as i64;
         let g_t = g.at(step_t * four_h);
         let (grad_t, c_t) = (gr.at(step_t * h), cs.at(step_t * h));
-        for block in &blocks {
-            let row = |p: Ptr, ld: usize| p.at(block.start * ld);
-            let g_rows = row(g_t, t * four_h);
-            let (dh_rows, dc_rows) = (row(dh, h), row(dcp, h));
-            let (grad_rows, c_rows, c_prev_rows) = (
-                row(grad_t, (t + 1) * h),
-                row(c_t, t * h),
-                row(c_prev, ld_cp),
-            );
-            let (ld_cp, rows32) = (ld_cp as i64, block.rows as i32);
-            let mut args = block.lane.stream.launch_builder(&step);
-            args.arg(&g_rows.0).arg(&ldg);
-            args.arg(&grad_rows.0).arg(&ldgh);
-            args.arg(&dh_rows.0).arg(&dc_rows.0);
-            args.arg(&c_rows.0).arg(&ldc);
-            args.arg(&c_prev_rows.0).arg(&ld_cp);
-            args.arg(&rows32).arg(&h32);
-            // SAFETY: the arguments match `lstm_bwd_step` in cuda_lstm.cu; every row it touches
-            // lies inside the saved buffers and the gradient, whose sizes the op's shapes fix.
-            unsafe { args.launch(launch_for(block.rows * h)) }
-                .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: backward step: {e}")))?;
-            gemm_on(
-                &block.lane.blas,
-                (block.rows, h, four_h),
-                (g_rows, t * four_h, false),
-                (w.at(input), ww, false),
-                0.0,
-                (dh_rows, h),
-            )?;
-        }
+        let mut args = step.builder();
+        args.arg(&g_t.0).arg(&ldg);
+        args.arg(&grad_t.0).arg(&ldgh);
+        args.arg(&dh.0).arg(&dcp.0);
+        args.arg(&c_t.0).arg(&ldc);
+        args.arg(&c_prev.0).arg(&ld_cp);
+        args.arg(&b32).arg(&h32);
+        // SAFETY: the arguments match `lstm_bwd_step` in cuda_lstm.cu; every row it touches lies
+        // inside the saved buffers and the gradient, whose sizes the op's shapes fix.
+        unsafe { args.launch(launch_for(b * h)) }
+            .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: backward step: {e}")))?;
+        gemm(
+            dev,
+            (b, h, four_h),
+            (g_t, t * four_h, false),
+            (w.at(input), ww, false),
+            0.0,
+            (dh, h),
+        )?;
     }
-    lanes::join(dev, &blocks)?;
 
     // h_0 .. h_{T-1}, the right operand of dW_hh.
     let h_prev = alloc(dev, b * t * h)?;

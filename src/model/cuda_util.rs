@@ -108,19 +108,6 @@ pub fn launch_error(kernel: &str) -> impl Fn(cudarc::driver::DriverError) -> can
 pub fn gemm(
     dev: &CudaDevice,
     (m, n, k): (usize, usize, usize),
-    a: (Ptr, usize, bool),
-    b: (Ptr, usize, bool),
-    beta: f32,
-    c: (Ptr, usize),
-) -> Result<()> {
-    gemm_on(&dev.cublas_handle(), (m, n, k), a, b, beta, c)
-}
-
-/// [`gemm`] on `handle`'s stream.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_on(
-    handle: &cudarc::cublas::CudaBlas,
-    (m, n, k): (usize, usize, usize),
     (a, lda, trans_a): (Ptr, usize, bool),
     (b, ldb, trans_b): (Ptr, usize, bool),
     beta: f32,
@@ -143,9 +130,10 @@ pub fn gemm_on(
             .map_err(|_| candle_core::Error::Msg(format!("{v} exceeds cuBLAS's 32-bit sizes")))
     };
     let alpha = 1.0f32;
+    let handle = dev.cublas_handle();
     // SAFETY: every address is inside a live buffer of the sizes the caller computed from the
-    // op's checked shapes. The handle runs on candle's stream, which orders these products after
-    // the launches that produce their inputs, or on a lane that joined it (`cuda_lanes.rs`).
+    // op's checked shapes, and the handle runs on candle's stream, which orders these products
+    // after the launches that produce their inputs.
     unsafe {
         cudarc::cublas::result::gemm_ex(
             *handle.handle(),

@@ -58,6 +58,14 @@ impl eframe::App for StudioApp {
     }
 }
 
+/// Whether an OpenGL renderer string names one of Mesa's CPU rasterisers.
+pub fn is_software_renderer(renderer: &str) -> bool {
+    let renderer = renderer.to_ascii_lowercase();
+    ["llvmpipe", "softpipe", "swrast", "software rasterizer"]
+        .iter()
+        .any(|name| renderer.contains(name))
+}
+
 /// Opens the studio window; returns when it is closed.
 pub fn run() -> Result<(), String> {
     let options = eframe::NativeOptions {
@@ -77,9 +85,39 @@ pub fn run() -> Result<(), String> {
                 .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
                 .unwrap_or_default();
             let mut studio = Studio::new(system_env(), settings);
+            let renderer = cc.gl.as_ref().map(|gl| {
+                use eframe::glow::HasContext;
+                // SAFETY: a plain string query on the context eframe just made current.
+                unsafe { gl.get_parameter_string(eframe::glow::RENDERER) }
+            });
+            studio
+                .train
+                .set_software_renderer(renderer.as_deref().is_some_and(is_software_renderer));
             studio.open_startup_piece();
             Ok(Box::new(StudioApp { studio }))
         }),
     )
     .map_err(|e| format!("cannot open the studio window ({e}); on a machine without a display, use the `echoai` commands (see `echoai --help`)."))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mesa_cpu_rasterisers_are_software_and_gpus_are_not() {
+        for software in [
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+            "softpipe",
+            "Software Rasterizer",
+        ] {
+            assert!(super::is_software_renderer(software), "{software}");
+        }
+        for gpu in [
+            "NVIDIA GeForce RTX 4090/PCIe/SSE2",
+            "Mesa Intel(R) UHD Graphics 620 (KBL GT2)",
+            "AMD Radeon RX 7900 XTX (radeonsi, navi31, LLVM 17.0.6, DRM 3.54)",
+            "Apple M2",
+        ] {
+            assert!(!super::is_software_renderer(gpu), "{gpu}");
+        }
+    }
 }

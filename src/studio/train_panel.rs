@@ -127,7 +127,17 @@ pub struct TrainPanel {
     resume_after_scan: bool,
     /// For starting a run from `poll` (a resume waiting on a scan).
     ctx: Option<egui::Context>,
+    /// How soon a training step wakes the UI: [`STEP_REPAINT`], or [`SOFTWARE_STEP_REPAINT`]
+    /// when the window is drawn by a software renderer.
+    step_repaint: Option<std::time::Duration>,
 }
+
+/// A step wakes the UI within this: at most ten frames a second, whatever the step rate.
+pub const STEP_REPAINT: std::time::Duration = std::time::Duration::from_millis(100);
+/// With a software renderer (llvmpipe: remote desktops, VMs, Xvfb) each frame is rasterised by
+/// the CPU, on the cores the training team spins on, and a preempted member stalls the team:
+/// one frame per step cost the studio ~10 % of the CLI's tokens/s on two cores.
+pub const SOFTWARE_STEP_REPAINT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn new_run_dir(runs: &std::path::Path, kind: ModelKind) -> PathBuf {
     let stamp = std::time::SystemTime::now()
@@ -162,6 +172,16 @@ impl TrainPanel {
             panel.total_steps = run.total_steps.unwrap_or(run.step);
         }
         panel
+    }
+
+    /// Whether the window is drawn by a software renderer: live training updates then come
+    /// every [`SOFTWARE_STEP_REPAINT`] instead of every [`STEP_REPAINT`].
+    pub fn set_software_renderer(&mut self, software: bool) {
+        self.step_repaint = software.then_some(SOFTWARE_STEP_REPAINT);
+    }
+
+    fn step_repaint(&self) -> std::time::Duration {
+        self.step_repaint.unwrap_or(STEP_REPAINT)
     }
 
     /// The last run, if it died without finishing.
@@ -346,12 +366,12 @@ impl TrainPanel {
         self.run_config = Some(config.clone());
         self.started = Some(Instant::now());
         self.paused = false;
+        let step_repaint = self.step_repaint();
         let job = Job::spawn(ctx, "train", move |tx, _cancel| {
             let data = TrainData::from_corpus(&corpus);
             let mut on_event = |e: TrainEvent| {
-                // Steps wake the UI at most ten times a second, whatever the step rate.
                 if matches!(e, TrainEvent::Step { .. }) {
-                    tx.send_unhurried(TrainMsg::Event(e), std::time::Duration::from_millis(100));
+                    tx.send_unhurried(TrainMsg::Event(e), step_repaint);
                 } else {
                     tx.send(TrainMsg::Event(e));
                 }
@@ -735,6 +755,13 @@ impl TrainPanel {
                 crate::train::format_duration(elapsed),
                 crate::train::format_duration(self.eta_s)
             ));
+            if self.step_repaint.is_some() && self.run.is_some() {
+                ui.weak(format!(
+                    "updates every {} s: the window is drawn by a software renderer, on the \
+                     cores that train",
+                    SOFTWARE_STEP_REPAINT.as_secs()
+                ));
+            }
         }
         if self.thumbnail_ui(ui) {
             events.push(TrainPanelEvent::OpenView);

@@ -20,7 +20,6 @@ use candle_core::cuda::cudarc;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Tensor, bail};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::cuda_graph::run_recorded;
 use super::cuda_util::{
     Ptr, alloc, compiled, ensure_f32, gemm, launch_for, ones, storage_ptr, tensor_ptr, wrap,
 };
@@ -114,42 +113,39 @@ pub fn forward(
     let step = dev.get_or_load_custom_func("lstm_fwd_step", MODULE, ptx()?)?;
     let (ldg, ldc, ldh) = ((t * four_h) as i64, (t * h) as i64, ((t + 1) * h) as i64);
     let (b32, h32) = (b as i32, h as i32);
-    run_recorded(dev, || {
-        for step_t in 0..t {
-            let (h_prev, ld_hp) = if step_t == 0 {
-                (h0, h)
-            } else {
-                (o.at((step_t - 1) * h), (t + 1) * h)
-            };
-            let (c_prev, ld_cp) = if step_t == 0 {
-                (c0, h)
-            } else {
-                (cs.at((step_t - 1) * h), t * h)
-            };
-            let g_t = g.at(step_t * four_h);
-            gemm(
-                dev,
-                (b, four_h, h),
-                (h_prev, ld_hp, false),
-                (w.at(input), ww, true),
-                1.0,
-                (g_t, t * four_h),
-            )?;
-            let ld_cp = ld_cp as i64;
-            let (c_t, h_t) = (cs.at(step_t * h), o.at(step_t * h));
-            let mut args = step.builder();
-            args.arg(&g_t.0).arg(&ldg).arg(&bias.0);
-            args.arg(&c_prev.0).arg(&ld_cp);
-            args.arg(&c_t.0).arg(&ldc);
-            args.arg(&h_t.0).arg(&ldh);
-            args.arg(&b32).arg(&h32);
-            // SAFETY: the arguments match `lstm_fwd_step` in cuda_lstm.cu; every row it touches lies
-            // inside the buffers allocated above for these sizes.
-            unsafe { args.launch(launch_for(b * h)) }
-                .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: forward step: {e}")))?;
-        }
-        Ok(())
-    })?;
+    for step_t in 0..t {
+        let (h_prev, ld_hp) = if step_t == 0 {
+            (h0, h)
+        } else {
+            (o.at((step_t - 1) * h), (t + 1) * h)
+        };
+        let (c_prev, ld_cp) = if step_t == 0 {
+            (c0, h)
+        } else {
+            (cs.at((step_t - 1) * h), t * h)
+        };
+        let g_t = g.at(step_t * four_h);
+        gemm(
+            dev,
+            (b, four_h, h),
+            (h_prev, ld_hp, false),
+            (w.at(input), ww, true),
+            1.0,
+            (g_t, t * four_h),
+        )?;
+        let ld_cp = ld_cp as i64;
+        let (c_t, h_t) = (cs.at(step_t * h), o.at(step_t * h));
+        let mut args = step.builder();
+        args.arg(&g_t.0).arg(&ldg).arg(&bias.0);
+        args.arg(&c_prev.0).arg(&ld_cp);
+        args.arg(&c_t.0).arg(&ldc);
+        args.arg(&h_t.0).arg(&ldh);
+        args.arg(&b32).arg(&h32);
+        // SAFETY: the arguments match `lstm_fwd_step` in cuda_lstm.cu; every row it touches lies
+        // inside the buffers allocated above for these sizes.
+        unsafe { args.launch(launch_for(b * h)) }
+            .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: forward step: {e}")))?;
+    }
     copy_rows(
         dev,
         (o.at(t * h), (t + 1) * h),
@@ -192,38 +188,35 @@ pub fn backward(tensors: [&Tensor; 5], saved: CudaSaved, s: Sizes) -> Result<Gra
     let step = dev.get_or_load_custom_func("lstm_bwd_step", MODULE, ptx()?)?;
     let (ldg, ldgh, ldc) = ((t * four_h) as i64, ((t + 1) * h) as i64, (t * h) as i64);
     let (b32, h32) = (b as i32, h as i32);
-    run_recorded(dev, || {
-        for step_t in (0..t).rev() {
-            let (c_prev, ld_cp) = if step_t == 0 {
-                (c0, h)
-            } else {
-                (cs.at((step_t - 1) * h), t * h)
-            };
-            let ld_cp = ld_cp as i64;
-            let g_t = g.at(step_t * four_h);
-            let (grad_t, c_t) = (gr.at(step_t * h), cs.at(step_t * h));
-            let mut args = step.builder();
-            args.arg(&g_t.0).arg(&ldg);
-            args.arg(&grad_t.0).arg(&ldgh);
-            args.arg(&dh.0).arg(&dcp.0);
-            args.arg(&c_t.0).arg(&ldc);
-            args.arg(&c_prev.0).arg(&ld_cp);
-            args.arg(&b32).arg(&h32);
-            // SAFETY: the arguments match `lstm_bwd_step` in cuda_lstm.cu; every row it touches lies
-            // inside the saved buffers and the gradient, whose sizes the op's shapes fix.
-            unsafe { args.launch(launch_for(b * h)) }
-                .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: backward step: {e}")))?;
-            gemm(
-                dev,
-                (b, h, four_h),
-                (g_t, t * four_h, false),
-                (w.at(input), ww, false),
-                0.0,
-                (dh, h),
-            )?;
-        }
-        Ok(())
-    })?;
+    for step_t in (0..t).rev() {
+        let (c_prev, ld_cp) = if step_t == 0 {
+            (c0, h)
+        } else {
+            (cs.at((step_t - 1) * h), t * h)
+        };
+        let ld_cp = ld_cp as i64;
+        let g_t = g.at(step_t * four_h);
+        let (grad_t, c_t) = (gr.at(step_t * h), cs.at(step_t * h));
+        let mut args = step.builder();
+        args.arg(&g_t.0).arg(&ldg);
+        args.arg(&grad_t.0).arg(&ldgh);
+        args.arg(&dh.0).arg(&dcp.0);
+        args.arg(&c_t.0).arg(&ldc);
+        args.arg(&c_prev.0).arg(&ld_cp);
+        args.arg(&b32).arg(&h32);
+        // SAFETY: the arguments match `lstm_bwd_step` in cuda_lstm.cu; every row it touches lies
+        // inside the saved buffers and the gradient, whose sizes the op's shapes fix.
+        unsafe { args.launch(launch_for(b * h)) }
+            .map_err(|e| candle_core::Error::Msg(format!("fused LSTM: backward step: {e}")))?;
+        gemm(
+            dev,
+            (b, h, four_h),
+            (g_t, t * four_h, false),
+            (w.at(input), ww, false),
+            0.0,
+            (dh, h),
+        )?;
+    }
 
     // h_0 .. h_{T-1}, the right operand of dW_hh.
     let h_prev = alloc(dev, b * t * h)?;

@@ -15,8 +15,6 @@ pub(crate) use cuda_adamw::{AdamWScalars, NonFiniteFlag, adamw_update};
 #[cfg(feature = "cuda")]
 mod cuda_band_attention;
 #[cfg(feature = "cuda")]
-mod cuda_graph;
-#[cfg(feature = "cuda")]
 mod cuda_lstm;
 #[cfg(feature = "cuda")]
 mod cuda_output_loss;

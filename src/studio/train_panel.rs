@@ -837,3 +837,18 @@ fn labelled(ui: &mut Ui, label: &str, widget: impl egui::Widget) {
     let label = ui.label(label);
     ui.add(widget).labelled_by(label.id);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_software_renderer_slows_the_wake_ups_of_training_steps() {
+        let mut panel = TrainPanel::default();
+        assert_eq!(panel.step_repaint(), STEP_REPAINT);
+        panel.set_software_renderer(true);
+        assert_eq!(panel.step_repaint(), SOFTWARE_STEP_REPAINT);
+        panel.set_software_renderer(false);
+        assert_eq!(panel.step_repaint(), STEP_REPAINT);
+    }
+}

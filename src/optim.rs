@@ -100,38 +100,26 @@ impl AdamW {
         let t = (self.step + 1) as i32;
         let correction1 = 1.0 - c.beta1.powi(t);
         let correction2 = 1.0 - c.beta2.powi(t);
+        // As the tensor ops convert them: each `tensor * x`, `/ x`, `+ x` is candle's affine
+        // `v * mul + add` with `mul` and `add` rounded to f32.
+        let constants = Constants {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            scale: scale as f32,
+            inv_correction1: (1.0 / correction1) as f32,
+            inv_correction2: (1.0 / correction2) as f32,
+            eps: c.eps as f32,
+            lr: lr as f32,
+            decay: (1.0 - lr * c.weight_decay) as f32,
+        };
         if self.fused_on_cpu() {
-            // As the tensor ops convert them: each `tensor * x`, `/ x`, `+ x` is candle's affine
-            // `v * mul + add` with `mul` and `add` rounded to f32.
-            let constants = Constants {
-                beta1: c.beta1 as f32,
-                one_minus_beta1: (1.0 - c.beta1) as f32,
-                beta2: c.beta2 as f32,
-                one_minus_beta2: (1.0 - c.beta2) as f32,
-                scale: scale as f32,
-                inv_correction1: (1.0 / correction1) as f32,
-                inv_correction2: (1.0 / correction2) as f32,
-                eps: c.eps as f32,
-                lr: lr as f32,
-                decay: (1.0 - lr * c.weight_decay) as f32,
-            };
             return self.step_cpu(grads, &constants, norm);
         }
         #[cfg(feature = "cuda")]
         if let Some(dev) = self.fused_cuda_device() {
-            let scalars = [
-                c.beta1 as f32,
-                (1.0 - c.beta1) as f32,
-                c.beta2 as f32,
-                (1.0 - c.beta2) as f32,
-                scale as f32,
-                (1.0 / correction1) as f32,
-                (1.0 / correction2) as f32,
-                c.eps as f32,
-                lr as f32,
-                (1.0 - lr * c.weight_decay) as f32,
-            ];
-            return self.step_cuda(grads, &scalars, &dev, norm);
+            return self.step_cuda(grads, &constants.in_kernel_order(), &dev, norm);
         }
         let mut updates = Vec::with_capacity(self.params.len());
         for (i, (_, var)) in self.params.iter().enumerate() {
@@ -319,6 +307,25 @@ struct Constants {
     eps: f32,
     lr: f32,
     decay: f32,
+}
+
+impl Constants {
+    /// The scalars as `model/adamw.cu`'s `adamw` takes them.
+    #[cfg(feature = "cuda")]
+    fn in_kernel_order(&self) -> crate::model::AdamWScalars {
+        [
+            self.beta1,
+            self.one_minus_beta1,
+            self.beta2,
+            self.one_minus_beta2,
+            self.scale,
+            self.inv_correction1,
+            self.inv_correction2,
+            self.eps,
+            self.lr,
+            self.decay,
+        ]
+    }
 }
 
 /// candle's affine map, `+ 0.0` included (it turns -0.0 into 0.0), so both paths agree bit for bit.

@@ -62,11 +62,7 @@ pub fn adamw_update(
     let (vp, _v) = tensor_ptr(v, dev)?;
     let out = [alloc(dev, n)?, alloc(dev, n)?, alloc(dev, n)?];
     let [nw, nm, nv] = [0, 1, 2].map(|i| Ptr::of(&out[i], dev, 0));
-    let flag_ptr = {
-        let stream = dev.cuda_stream();
-        let (base, _sync) = cudarc::driver::DevicePtr::device_ptr(&flag.flag, &stream);
-        base
-    };
+    let flag_ptr = Ptr::of(&flag.flag, dev, 0);
     let func = dev.get_or_load_custom_func("adamw", "echoai_adamw", ptx()?)?;
     let n64 = n as i64;
     let mut args = func.builder();
@@ -75,7 +71,7 @@ pub fn adamw_update(
     for scalar in k {
         args.arg(scalar);
     }
-    args.arg(&flag_ptr);
+    args.arg(&flag_ptr.0);
     // SAFETY: the arguments match `adamw` in adamw.cu, in order and type; the four inputs and
     // three outputs each hold `n` floats, and the flag one int.
     unsafe { args.launch(launch_for(n)) }.map_err(launch_error("adamw"))?;

@@ -17,13 +17,22 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::cuda_util::{
     Ptr, alloc, compiled, ensure_f32, gemm, launch_error, launch_for, ones, storage_ptr,
-    tensor_ptr, wrap,
+    tensor_ptr, typed_tensor_ptr, wrap,
 };
 
 const SOURCE: &str = include_str!("output_loss.cu");
 const MODULE: &str = "echoai_output_loss";
 /// `ROW_THREADS` in output_loss.cu.
 const ROW_THREADS: u32 = 128;
+
+/// `blocks` blocks of `ROW_THREADS` threads.
+fn blocks_of_row_threads(blocks: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -91,27 +100,18 @@ pub fn forward(
     let mut args = softmax.builder();
     args.arg(&pp.0).arg(&wp.0).arg(&width64).arg(&tp.0);
     args.arg(&lp.0).arg(&vocab32);
-    let per_row = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: the arguments match `softmax_rows` in output_loss.cu; block r touches row r of
     // the `[N, V]` buffer and entry r of `targets` and `row_loss`, all N long.
-    unsafe { args.launch(per_row) }.map_err(launch_error("softmax_rows"))?;
+    unsafe { args.launch(blocks_of_row_threads(rows as u32)) }
+        .map_err(launch_error("softmax_rows"))?;
 
     let loss = alloc(dev, 1)?;
     let mean = dev.get_or_load_custom_func("mean_of", MODULE, ptx()?)?;
     let (out, n64) = (Ptr::of(&loss, dev, 0), n as i64);
     let mut args = mean.builder();
     args.arg(&lp.0).arg(&n64).arg(&out.0);
-    let one_block = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: `mean_of` reads the N row losses and writes the one-float `loss`.
-    unsafe { args.launch(one_block) }.map_err(launch_error("mean_of"))?;
+    unsafe { args.launch(blocks_of_row_threads(1)) }.map_err(launch_error("mean_of"))?;
     Ok((
         CudaStorage::wrap_cuda_slice(loss, dev.clone()),
         CudaSaved { probabilities },
@@ -134,14 +134,7 @@ pub fn backward(
     let (wp, _w) = tensor_ptr(wb, dev)?;
     let grad = grad.to_dtype(candle_core::DType::F32)?;
     let (gp, _g) = tensor_ptr(&grad, dev)?;
-    let targets = targets.contiguous()?;
-    let tp = {
-        let (storage, layout) = targets.storage_and_layout();
-        let candle_core::Storage::Cuda(cuda) = &*storage else {
-            bail!("output loss: expected CUDA targets")
-        };
-        Ptr::of(cuda.as_cuda_slice::<u32>()?, dev, layout.start_offset())
-    };
+    let (tp, _t) = typed_tensor_ptr::<u32>(targets, dev)?;
     let CudaSaved { probabilities } = saved;
     let dl = Ptr::of(&probabilities, dev, 0);
 

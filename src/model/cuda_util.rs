@@ -11,7 +11,7 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tenso
 use cudarc::cublas::sys as blas;
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
-/// A device address of 4-byte values (`f32`, `u32`), with the arithmetic the launches need.
+/// A device address of 4-byte values (`f32`, `u32`, `i32`), with the arithmetic the launches need.
 #[derive(Clone, Copy)]
 pub struct Ptr(pub u64);
 
@@ -31,6 +31,7 @@ impl Ptr {
 pub trait FourBytes: cudarc::driver::DeviceRepr {}
 impl FourBytes for f32 {}
 impl FourBytes for u32 {}
+impl FourBytes for i32 {}
 
 /// The PTX of `source`, compiled with NVRTC on first use and kept in `cache`.
 pub fn compiled(
@@ -50,13 +51,21 @@ pub fn compiled(
 /// `f32` values of a tensor on `dev` (made contiguous), as a device address. The tensor is
 /// returned so its memory outlives the launches that read it.
 pub fn tensor_ptr(t: &Tensor, dev: &CudaDevice) -> Result<(Ptr, Tensor)> {
+    typed_tensor_ptr::<f32>(t, dev)
+}
+
+/// As [`tensor_ptr`], for a tensor of `T` (the `u32` targets of the loss, say).
+pub fn typed_tensor_ptr<T: FourBytes + candle_core::cuda::CudaDType>(
+    t: &Tensor,
+    dev: &CudaDevice,
+) -> Result<(Ptr, Tensor)> {
     let t = t.contiguous()?;
     let ptr = {
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cuda(cuda) = &*storage else {
             bail!("expected a CUDA tensor")
         };
-        Ptr::of(cuda.as_cuda_slice::<f32>()?, dev, layout.start_offset())
+        Ptr::of(cuda.as_cuda_slice::<T>()?, dev, layout.start_offset())
     };
     Ok((ptr, t))
 }

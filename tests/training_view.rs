@@ -225,13 +225,12 @@ fn samples_made_in_a_job_are_those_of_their_step_and_survive_checkpoint_swaps() 
     }
 }
 
-#[test]
-fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let runs = dir.path().join("runs");
+/// The training view of a six-step run `mine`, whose dialogs answer `<dir>/exports` twice.
+fn training_view_exporting_to(dir: &Path) -> (PathBuf, egui_kittest::Harness<'static, Studio>) {
+    let runs = dir.join("runs");
     let last = runs.join("mine");
     cli_run(&last, 6, &["--sample-every", "0"]);
-    let exports = dir.path().join("exports");
+    let exports = dir.join("exports");
     std::fs::create_dir_all(&exports).unwrap();
     let dialogs = FakeDialogs::default();
     dialogs.answer(&exports);
@@ -239,6 +238,13 @@ fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
     let mut h = harness(studio_with_dialogs(&runs, Some(last), &dialogs));
     h.state_mut().central = Central::Training;
     h.run();
+    (exports, h)
+}
+
+#[test]
+fn export_csv_writes_the_curves_under_the_runs_name_and_never_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exports, mut h) = training_view_exporting_to(dir.path());
     h.get_by_label("Export CSV").click();
     h.run();
     let first = exports.join("mine-curves.csv");
@@ -274,17 +280,7 @@ fn screenshot_requests(h: &egui_kittest::Harness<'_, Studio>) -> Vec<egui::Scree
 #[test]
 fn export_png_writes_the_plot_region_under_the_runs_name_and_never_over_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let runs = dir.path().join("runs");
-    let last = runs.join("mine");
-    cli_run(&last, 6, &["--sample-every", "0"]);
-    let exports = dir.path().join("exports");
-    std::fs::create_dir_all(&exports).unwrap();
-    let dialogs = FakeDialogs::default();
-    dialogs.answer(&exports);
-    dialogs.answer(&exports);
-    let mut h = harness(studio_with_dialogs(&runs, Some(last), &dialogs));
-    h.state_mut().central = Central::Training;
-    h.run();
+    let (exports, mut h) = training_view_exporting_to(dir.path());
     let [w, ht] = [1600usize, 1200];
     // No renderer runs headless: the test plays the integration's part with a window-sized
     // image whose pixels say where they are.

@@ -127,9 +127,9 @@ pub struct TrainPanel {
     resume_after_scan: bool,
     /// For starting a run from `poll` (a resume waiting on a scan).
     ctx: Option<egui::Context>,
-    /// How soon a training step wakes the UI: [`STEP_REPAINT`], or [`SOFTWARE_STEP_REPAINT`]
-    /// when the window is drawn by a software renderer.
-    step_repaint: Option<std::time::Duration>,
+    /// The window is drawn by a software renderer: training steps wake it every
+    /// [`SOFTWARE_STEP_REPAINT`], not [`STEP_REPAINT`].
+    software_renderer: bool,
 }
 
 /// A step wakes the UI within this: at most ten frames a second, whatever the step rate.
@@ -177,11 +177,16 @@ impl TrainPanel {
     /// Whether the window is drawn by a software renderer: live training updates then come
     /// every [`SOFTWARE_STEP_REPAINT`] instead of every [`STEP_REPAINT`].
     pub fn set_software_renderer(&mut self, software: bool) {
-        self.step_repaint = software.then_some(SOFTWARE_STEP_REPAINT);
+        self.software_renderer = software;
     }
 
+    /// How soon a training step wakes the UI.
     fn step_repaint(&self) -> std::time::Duration {
-        self.step_repaint.unwrap_or(STEP_REPAINT)
+        if self.software_renderer {
+            SOFTWARE_STEP_REPAINT
+        } else {
+            STEP_REPAINT
+        }
     }
 
     /// The last run, if it died without finishing.
@@ -755,7 +760,7 @@ impl TrainPanel {
                 crate::train::format_duration(elapsed),
                 crate::train::format_duration(self.eta_s)
             ));
-            if self.step_repaint.is_some() && self.run.is_some() {
+            if self.software_renderer && self.run.is_some() {
                 ui.weak(format!(
                     "updates every {} s: the window is drawn by a software renderer, on the \
                      cores that train",

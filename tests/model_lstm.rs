@@ -480,6 +480,60 @@ fn fused_and_composed_training_give_the_same_loss_curve() {
     }
 }
 
+/// Between fused layers each layer's whole output (its states and its final cell state) goes to
+/// the next one and to the loss without a copy; dropout must draw the same masks as on the
+/// composed path's states, and no gradient may leak through the cell-state rows.
+#[test]
+fn fused_and_composed_agree_with_dropout_between_three_layers() {
+    let config = ModelConfig {
+        kind: ModelKind::Lstm,
+        embed: 12,
+        hidden: 24,
+        layers: 3,
+        dropout: 0.3,
+        ..ModelConfig::default()
+    };
+    let (varmap, model) = fresh_model(&config);
+    echoai::model::init::initialize(&varmap, &config, 9).unwrap();
+    let ids: Vec<u32> = (0..3 * 12).map(|i| (i * 11 % 390) as u32).collect();
+    let ids = Tensor::from_vec(ids, (3, 12), &Device::Cpu).unwrap();
+    let (inputs, targets) = (
+        ids.narrow(1, 0, 11).unwrap(),
+        ids.narrow(1, 1, 11).unwrap().flatten_all().unwrap(),
+    );
+    let mut results = Vec::new();
+    for recurrence in [Recurrence::Auto, Recurrence::Composed] {
+        let mut rng = echoai::rng::Rng::new(17);
+        let loss = model
+            .loss_with(&inputs, &targets, Some(&mut rng), recurrence)
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let mut tensors = vec![("loss".to_string(), loss.clone())];
+        for name in names {
+            let grad = grads.get(vars[name].as_tensor()).expect("a gradient");
+            tensors.push((name.clone(), grad.clone()));
+        }
+        results.push(tensors);
+    }
+    let without_dropout = model
+        .loss_with(&inputs, &targets, None, Recurrence::Auto)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let with_dropout = results[0][0].1.to_scalar::<f32>().unwrap();
+    assert!(
+        (with_dropout - without_dropout).abs() > 1e-4,
+        "dropout is on: {with_dropout} vs {without_dropout}"
+    );
+    for ((name, fused), (_, composed)) in results[0].iter().zip(&results[1]) {
+        let err = max_rel_err(fused, composed);
+        assert!(err < 1e-4, "{name}: relative error {err}");
+    }
+}
+
 #[test]
 fn banded_attention_matches_the_masked_reference_with_every_gradient() {
     // Window 4 over 13 positions (the band matters) and window 16 over 9 (it does not).

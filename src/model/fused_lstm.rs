@@ -49,6 +49,12 @@ struct Saved {
 pub enum LayerInput {
     /// Vectors `x [B, T, In]` (f32); `w` is `[W_ih | W_hh]`.
     Dense,
+    /// The whole output of the fused layer below, `[B, T + 1, In]` (f32): its `h_1 .. h_T`,
+    /// then its final cell state, which is not an input (its gradient is zero); `w` is
+    /// `[W_ih | W_hh]`. Taking it whole saves the `narrow` and the copy between layers, and in
+    /// the backward pass their gradient's zero-padding, copy and accumulation (each a pass over
+    /// megabytes).
+    Stacked,
     /// Event ids `[B, T]` (u32) into a vocabulary of `V`; `w` is `[W_ih E^T | W_hh]`, i.e.
     /// `[4H, V + H]` whose first `V` columns are the input projection of each id. Layer 0 reads
     /// an embedding, so its input projection is a table lookup: no `x W_ih^T`, `dW_ih` or `dx`
@@ -85,6 +91,8 @@ impl FusedLstmOp {
 struct Dims {
     b: usize,
     t: usize,
+    /// Rows per sequence of `x`: `t`, or `t + 1` for [`LayerInput::Stacked`].
+    x_steps: usize,
     /// `In` (dense) or `V` (ids): the columns of `w` before `W_hh`.
     input: usize,
     h: usize,
@@ -96,8 +104,8 @@ impl Dims {
     fn of(x: &Shape, w: &Shape, extra: &Shape, kind: LayerInput) -> Result<Dims> {
         let (four_h, width) = w.dims2()?;
         let h = four_h / 4;
-        let (b, t, input, x_width) = match kind {
-            LayerInput::Dense => {
+        let (b, x_steps, input, x_width) = match kind {
+            LayerInput::Dense | LayerInput::Stacked => {
                 let (b, t, input) = x.dims3()?;
                 (b, t, input, input)
             }
@@ -106,14 +114,22 @@ impl Dims {
                 (b, t, width.saturating_sub(h), 0)
             }
         };
-        let fits =
-            h > 0 && four_h == 4 * h && width == input + h && extra.dims1()? == 4 * h + 2 * b * h;
+        let t = match kind {
+            LayerInput::Stacked => x_steps.saturating_sub(1),
+            _ => x_steps,
+        };
+        let fits = h > 0
+            && four_h == 4 * h
+            && width == input + h
+            && extra.dims1()? == 4 * h + 2 * b * h
+            && (kind != LayerInput::Stacked || x_steps > 0);
         if !fits {
             bail!("fused LSTM: shapes {x:?} {w:?} {extra:?} do not fit together")
         }
         Ok(Dims {
             b,
             t,
+            x_steps,
             input,
             h,
             x_width,
@@ -165,13 +181,13 @@ impl Share {
     }
 }
 
-/// `[A, B, C]` row-major to `[B, A, C]`.
-fn swap_leading(src: &[f32], a: usize, b: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; a * b * c];
-    out.par_chunks_mut(a * c)
+/// `[A, B, C]` row-major to `[B, A', C]` (`A' >= A`), rows `A..A'` of each block zero.
+fn swap_leading(src: &[f32], (a, a_out): (usize, usize), b: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; a_out * b * c];
+    out.par_chunks_mut(a_out * c)
         .enumerate()
         .for_each(|(j, block)| {
-            for (i, row) in block.chunks_exact_mut(c).enumerate() {
+            for (i, row) in block.chunks_exact_mut(c).take(a).enumerate() {
                 row.copy_from_slice(&src[(i * b + j) * c..(i * b + j + 1) * c]);
             }
         });
@@ -194,7 +210,7 @@ impl CustomOp3 for FusedLstmOp {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         if self.input_kind != LayerInput::Dense {
-            bail!("fused LSTM: on CUDA the op takes vectors, not event ids")
+            bail!("fused LSTM: on CUDA the op takes vectors [B, T, In], not ids or a stacked input")
         }
         let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
         let (out, saved) = super::cuda_lstm::forward((s1, l1), (s2, l2), (s3, l3), d.cuda_sizes())?;
@@ -214,7 +230,14 @@ impl CustomOp3 for FusedLstmOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
-        let Dims { b, t, input, h, .. } = d;
+        let Dims {
+            b,
+            t,
+            x_steps,
+            input,
+            h,
+            ..
+        } = d;
         let w = storage_values::<f32>(s2, l2, "fused LSTM: w")?;
         let extra = storage_values::<f32>(s3, l3, "fused LSTM: extra")?;
         let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
@@ -223,7 +246,9 @@ impl CustomOp3 for FusedLstmOp {
         let keep = self.keep_for_backward;
         let x_width = d.x_width;
         let dense_x: &[f32] = match self.input_kind {
-            LayerInput::Dense => storage_values::<f32>(s1, l1, "fused LSTM: x")?,
+            LayerInput::Dense | LayerInput::Stacked => {
+                storage_values::<f32>(s1, l1, "fused LSTM: x")?
+            }
             LayerInput::Ids => &[],
         };
         // Written in full below: the h of block 0 here, the x of blocks 0..T by the copy that
@@ -242,7 +267,7 @@ impl CustomOp3 for FusedLstmOp {
                 .for_each(|(s, block)| {
                     for (bi, row) in block.chunks_exact_mut(xw).enumerate() {
                         row[..x_width]
-                            .copy_from_slice(&dense_x[(bi * t + s) * x_width..][..x_width]);
+                            .copy_from_slice(&dense_x[(bi * x_steps + s) * x_width..][..x_width]);
                     }
                 });
         }
@@ -252,7 +277,7 @@ impl CustomOp3 for FusedLstmOp {
         // Written in full: by a GEMM that does not read its destination, or row by row.
         let mut xproj = scratch::take(t * b * four_h);
         match self.input_kind {
-            LayerInput::Dense => matmul(
+            LayerInput::Dense | LayerInput::Stacked => matmul(
                 (t * b, four_h, input),
                 &mut xproj,
                 four_h,
@@ -461,7 +486,9 @@ impl CustomOp3 for FusedLstmOp {
         // Read in place: the gradient and the weights are megabytes, copied every step otherwise.
         with_values(grad_res, |grad: &[f32]| {
             with_values(w, |w: &[f32]| match self.input_kind {
-                LayerInput::Dense => self.backward(d, saved, grad, w, &[], device),
+                LayerInput::Dense | LayerInput::Stacked => {
+                    self.backward(d, saved, grad, w, &[], device)
+                }
                 LayerInput::Ids => with_values(x, |ids: &[u32]| {
                     self.backward(d, saved, grad, w, ids, device)
                 }),
@@ -487,7 +514,14 @@ impl FusedLstmOp {
             cells,
             xh,
         } = saved;
-        let Dims { b, t, input, h, .. } = d;
+        let Dims {
+            b,
+            t,
+            x_steps,
+            input,
+            h,
+            ..
+        } = d;
         let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
 
         // W_hh in panels: panel u holds columns (units) 32u .. 32u + 31 of the [4H, H] matrix.
@@ -501,6 +535,9 @@ impl FusedLstmOp {
         // Every unit of every step's block, by the team.
         let mut da = scratch::take(t * b * four_h);
         let mut dstate = vec![0f32; 2 * b * h];
+        // The bias gradient, the column sums of da, gathered by each member for its units while
+        // its rows are in cache (a separate pass re-read all of da: ~2 ms a layer).
+        let mut dbias = vec![0f32; four_h];
         // Each step's da block again as the step kernel's row tiles, double-buffered as in the
         // forward pass.
         let tiled = tiled_len(b, four_h);
@@ -510,6 +547,7 @@ impl FusedLstmOp {
             let da_tiles = SharedMut::new(&mut da_tiles);
             let da = SharedMut::new(&mut da);
             let dstate = SharedMut::new(&mut dstate);
+            let dbias = SharedMut::new(&mut dbias);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
             let (gates, tanh_c, cells) = (&gates, &tanh_c, &cells);
             run_team(threads, |member, barrier| {
@@ -519,6 +557,8 @@ impl FusedLstmOp {
                 // This member's columns of dh_{t} (from step t + 1) and dc, [B, width].
                 let mut dh_next = vec![0f32; b * width];
                 let mut dc = vec![0f32; b * width];
+                // Per gate, this member's units of the bias gradient.
+                let mut my_dbias = vec![0f32; 4 * width];
                 for bi in 0..b {
                     let row = (bi * (t + 1) + t) * h + j0;
                     dc[bi * width..][..n].copy_from_slice(&grad[row..row + n]);
@@ -548,7 +588,11 @@ impl FusedLstmOp {
                             let half = (step % 2) * tiled;
                             for g in 0..4 {
                                 let at = gate_row + g * h;
-                                for (jj, &v) in da.slice(at..at + n).iter().enumerate() {
+                                let da_g = da.slice(at..at + n);
+                                for (sum, &v) in my_dbias[g * width..][..n].iter_mut().zip(da_g) {
+                                    *sum += v;
+                                }
+                                for (jj, &v) in da_g.iter().enumerate() {
                                     da_tiles
                                         .set(half + tiled_index(bi, g * h + j0 + jj, four_h), v);
                                 }
@@ -591,6 +635,11 @@ impl FusedLstmOp {
                     dh0.copy_from_slice(&dh_next[bi * width..][..n]);
                     dc0.copy_from_slice(&dc[bi * width..][..n]);
                 }
+                for g in 0..4 {
+                    // SAFETY: member-owned units of gate g's bias gradient.
+                    let sums = unsafe { dbias.slice_mut(g * h + j0..g * h + j0 + n) };
+                    sums.copy_from_slice(&my_dbias[g * width..][..n]);
+                }
             });
         }
 
@@ -610,8 +659,9 @@ impl FusedLstmOp {
             (xw, 1),
         );
         let dx = match self.input_kind {
-            LayerInput::Dense => {
-                // dx = da W_ih, time-major, then back to [B, T, In].
+            LayerInput::Dense | LayerInput::Stacked => {
+                // dx = da W_ih, time-major, then back to x's shape (a zero row for the cell
+                // state of a stacked input).
                 // Written in full by a GEMM that does not read its destination.
                 let mut dx_by_time = scratch::take(rows * input);
                 let dx_rs = (four_h, 1);
@@ -624,9 +674,9 @@ impl FusedLstmOp {
                     w,
                     (ww, 1),
                 );
-                let dx = swap_leading(&dx_by_time, t, b, input);
+                let dx = swap_leading(&dx_by_time, (t, x_steps), b, input);
                 scratch::give(dx_by_time);
-                Some(Tensor::from_vec(dx, (b, t, input), device)?)
+                Some(Tensor::from_vec(dx, (b, x_steps, input), device)?)
             }
             LayerInput::Ids => {
                 // Column `id` of w gathers every step that read it: a scatter-add of da rows.
@@ -648,18 +698,7 @@ impl FusedLstmOp {
                 None
             }
         };
-        // The bias gradient: column sums of da.
-        let mut dextra = vec![0f32; four_h];
-        let ones = vec![1f32; rows];
-        matmul(
-            (1, four_h, rows),
-            &mut dextra,
-            four_h,
-            &ones,
-            (rows, 1),
-            &da,
-            (four_h, 1),
-        );
+        let mut dextra = dbias;
         dextra.extend_from_slice(&dstate);
         [da, gates, tanh_c, cells, xh]
             .into_iter()

@@ -22,6 +22,37 @@ pub enum Recurrence {
     Composed,
 }
 
+/// A layer's output sequence.
+#[derive(Clone, Debug)]
+pub enum Sequence {
+    /// `h_1 .. h_T`, `[B, T, H]`.
+    States(Tensor),
+    /// The fused op's whole output on the CPU, `[B, T + 1, H]`: `h_1 .. h_T`, then `c_T`. The
+    /// layer above ([`LayerInput::Stacked`]) and the fused loss read it as it is.
+    WithCell(Tensor),
+}
+
+impl Sequence {
+    /// `h_1 .. h_T`, `[B, T, H]`.
+    pub fn states(&self) -> Result<Tensor> {
+        match self {
+            Sequence::States(h) => Ok(h.clone()),
+            Sequence::WithCell(out) => out.narrow(1, 0, out.dim(1)?.saturating_sub(1)),
+        }
+    }
+
+    /// `(B, T, H)`.
+    pub fn dims(&self) -> Result<(usize, usize, usize)> {
+        match self {
+            Sequence::States(h) => h.dims3(),
+            Sequence::WithCell(out) => {
+                let (b, rows, hidden) = out.dims3()?;
+                Ok((b, rows.saturating_sub(1), hidden))
+            }
+        }
+    }
+}
+
 pub struct LstmLayer {
     w_ih: Tensor,
     w_hh: Tensor,
@@ -81,17 +112,37 @@ impl LstmLayer {
         c0: &Tensor,
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, input) = x.dims3()?;
+        let (out, h, c) =
+            self.forward_sequence(&Sequence::States(x.clone()), h0, c0, recurrence)?;
+        Ok((out.states()?, h, c))
+    }
+
+    /// As [`LstmLayer::forward`] on either form of the layer below's output.
+    fn forward_sequence(
+        &self,
+        x: &Sequence,
+        h0: &Tensor,
+        c0: &Tensor,
+        recurrence: Recurrence,
+    ) -> Result<(Sequence, Tensor, Tensor)> {
+        let (b, t, input) = x.dims()?;
+        let (device, dtype) = match x {
+            Sequence::States(x) | Sequence::WithCell(x) => (x.device(), x.dtype()),
+        };
         // CUDA runs the op's `cuda_fwd` (feature `cuda`, `cuda_lstm.rs`); Metal stays composed.
         let fused = recurrence == Recurrence::Auto
-            && (x.device().is_cpu() || x.device().is_cuda())
-            && x.dtype() == DType::F32
+            && (device.is_cpu() || device.is_cuda())
+            && dtype == DType::F32
             && t > 0
             && b > 0;
         if fused {
             let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?;
-            return self.fused(x, &w, h0, c0, LayerInput::Dense);
+            return match x {
+                Sequence::States(x) => self.fused(x, &w, h0, c0, LayerInput::Dense),
+                Sequence::WithCell(x) => self.fused(x, &w, h0, c0, LayerInput::Stacked),
+            };
         }
+        let x = x.states()?;
         let xproj = x
             .reshape((b * t, input))?
             .matmul(&self.w_ih.t()?)?
@@ -105,7 +156,7 @@ impl LstmLayer {
             (h, c) = self.cell(&gates, &c)?;
             outputs.push(h.clone());
         }
-        Ok((Tensor::stack(&outputs, 1)?, h, c))
+        Ok((Sequence::States(Tensor::stack(&outputs, 1)?), h, c))
     }
 
     /// The fused op ([`FusedLstmOp`]) on `input` (vectors or ids) with `w = [input part | W_hh]`.
@@ -116,16 +167,24 @@ impl LstmLayer {
         h0: &Tensor,
         c0: &Tensor,
         kind: LayerInput,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let t = input.dims()[1];
+    ) -> Result<(Sequence, Tensor, Tensor)> {
+        let t = match kind {
+            LayerInput::Stacked => input.dims()[1] - 1,
+            LayerInput::Dense | LayerInput::Ids => input.dims()[1],
+        };
         let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
         let input = input.contiguous()?;
         // Activations are kept only when autograd will ask for the backward pass.
         let needs_grad = input.track_op() || w.track_op() || extra.track_op();
         let out = input.apply_op3(w, &extra, FusedLstmOp::new(needs_grad, kind))?;
-        let hs = out.narrow(1, 0, t)?;
         let h_n = out.i((.., t - 1))?;
         let c_n = out.i((.., t))?;
+        // Only the CPU op takes a stacked input.
+        let hs = if out.device().is_cpu() {
+            Sequence::WithCell(out)
+        } else {
+            Sequence::States(out.narrow(1, 0, t)?)
+        };
         Ok((hs, h_n, c_n))
     }
 
@@ -140,6 +199,18 @@ impl LstmLayer {
         c0: &Tensor,
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (out, h, c) = self.forward_ids_sequence(ids, embedding, h0, c0, recurrence)?;
+        Ok((out.states()?, h, c))
+    }
+
+    fn forward_ids_sequence(
+        &self,
+        ids: &Tensor,
+        embedding: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        recurrence: Recurrence,
+    ) -> Result<(Sequence, Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let fused = recurrence == Recurrence::Auto
             && ids.device().is_cpu()
@@ -152,7 +223,7 @@ impl LstmLayer {
             return self.fused(&ids.to_dtype(DType::U32)?, &w, h0, c0, LayerInput::Ids);
         }
         let x = embed(ids, embedding)?.reshape((b, t, embedding.dim(1)?))?;
-        self.forward(&x, h0, c0, recurrence)
+        self.forward_sequence(&Sequence::States(x), h0, c0, recurrence)
     }
 
     /// One step: `x [B, In]` with state `(h, c)` -> new `(h, c)`.
@@ -228,8 +299,14 @@ impl LstmStack {
         recurrence: Recurrence,
         dropout_rng: Option<&mut Rng>,
     ) -> Result<(Tensor, LstmState)> {
-        let (out, h, c) = self.layers[0].forward(x, &state.h[0], &state.c[0], recurrence)?;
-        self.upper_layers(out, (h, c), state, recurrence, dropout_rng)
+        let (out, h, c) = self.layers[0].forward_sequence(
+            &Sequence::States(x.clone()),
+            &state.h[0],
+            &state.c[0],
+            recurrence,
+        )?;
+        let (out, state) = self.upper_layers(out, (h, c), state, recurrence, dropout_rng)?;
+        Ok((out.states()?, state))
     }
 
     /// As [`LstmStack::forward`] on `embedding[ids]`; see [`LstmLayer::forward_ids`].
@@ -241,29 +318,48 @@ impl LstmStack {
         recurrence: Recurrence,
         dropout_rng: Option<&mut Rng>,
     ) -> Result<(Tensor, LstmState)> {
-        let (out, h, c) =
-            self.layers[0].forward_ids(ids, embedding, &state.h[0], &state.c[0], recurrence)?;
+        let (out, state) =
+            self.forward_ids_sequence(ids, embedding, state, recurrence, dropout_rng)?;
+        Ok((out.states()?, state))
+    }
+
+    /// As [`LstmStack::forward_ids`], the top layer's output in either form.
+    pub fn forward_ids_sequence(
+        &self,
+        ids: &Tensor,
+        embedding: &Tensor,
+        state: &LstmState,
+        recurrence: Recurrence,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Sequence, LstmState)> {
+        let (out, h, c) = self.layers[0].forward_ids_sequence(
+            ids,
+            embedding,
+            &state.h[0],
+            &state.c[0],
+            recurrence,
+        )?;
         self.upper_layers(out, (h, c), state, recurrence, dropout_rng)
     }
 
     /// Layers 1.. on layer 0's output `x` and final state `first`.
     fn upper_layers(
         &self,
-        mut x: Tensor,
+        mut x: Sequence,
         first: (Tensor, Tensor),
         state: &LstmState,
         recurrence: Recurrence,
         mut dropout_rng: Option<&mut Rng>,
-    ) -> Result<(Tensor, LstmState)> {
+    ) -> Result<(Sequence, LstmState)> {
         let mut next = LstmState {
             h: vec![first.0],
             c: vec![first.1],
         };
         for (l, layer) in self.layers.iter().enumerate().skip(1) {
             if let Some(rng) = dropout_rng.as_deref_mut() {
-                x = dropout(&x, self.dropout, rng)?;
+                x = dropout_sequence(&x, self.dropout, rng)?;
             }
-            let (out, h, c) = layer.forward(&x, &state.h[l], &state.c[l], recurrence)?;
+            let (out, h, c) = layer.forward_sequence(&x, &state.h[l], &state.c[l], recurrence)?;
             next.h.push(h);
             next.c.push(c);
             x = out;
@@ -306,6 +402,32 @@ fn embed_by_product(ids: &Tensor, embedding: &Tensor) -> Result<Tensor> {
         .broadcast_eq(&classes.unsqueeze(0)?)?
         .to_dtype(embedding.dtype())?;
     one_hot.matmul(embedding)
+}
+
+/// [`dropout`] on the states of a sequence. A [`Sequence::WithCell`] draws the mask of its
+/// `h_1 .. h_T` in the same order as [`Sequence::States`] would (the cell-state row gets a zero,
+/// and no draw), so both forms train alike from the same seed.
+fn dropout_sequence(x: &Sequence, p: f64, rng: &mut Rng) -> Result<Sequence> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    match x {
+        Sequence::WithCell(out) if out.device().is_cpu() => {
+            let (b, rows, hidden) = out.dims3()?;
+            let keep = 1.0 - p;
+            let scale = (1.0 / keep) as f32;
+            let states = rows.saturating_sub(1) * hidden;
+            let mut mask = Vec::with_capacity(b * rows * hidden);
+            for _ in 0..b {
+                mask.extend((0..states).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }));
+                mask.resize(mask.len() + (rows * hidden - states), 0.0);
+            }
+            let mask = Tensor::from_vec(mask, out.shape(), out.device())?.to_dtype(out.dtype())?;
+            Ok(Sequence::WithCell((out * mask)?))
+        }
+        Sequence::WithCell(_) => Ok(Sequence::States(dropout(&x.states()?, p, rng)?)),
+        Sequence::States(h) => Ok(Sequence::States(dropout(h, p, rng)?)),
+    }
 }
 
 /// Inverted dropout with a mask drawn from our own RNG, so a resumed run draws the same masks.

@@ -36,7 +36,7 @@ mod team;
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
 pub use fused_lstm::{FusedLstmOp, LayerInput};
-pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, dropout};
+pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, Sequence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -142,9 +142,19 @@ impl MusicModel {
         dropout_rng: Option<&mut Rng>,
         recurrence: Recurrence,
     ) -> Result<Tensor> {
+        self.top_sequence(ids, dropout_rng, recurrence)?.states()
+    }
+
+    /// As [`MusicModel::top_states`], in the form the layers made it.
+    fn top_sequence(
+        &self,
+        ids: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+        recurrence: Recurrence,
+    ) -> Result<Sequence> {
         let (b, _) = ids.dims2()?;
         let state = self.zero_state(b)?;
-        let (h, _) = self.lstm.forward_ids(
+        let (h, _) = self.lstm.forward_ids_sequence(
             ids,
             self.embedding.embeddings(),
             &state.lstm,
@@ -152,7 +162,9 @@ impl MusicModel {
             dropout_rng,
         )?;
         match &self.attention {
-            Some(attention) => attention.forward_with(&h, recurrence == Recurrence::Auto),
+            Some(attention) => Ok(Sequence::States(
+                attention.forward_with(&h.states()?, recurrence == Recurrence::Auto)?,
+            )),
             None => Ok(h),
         }
     }
@@ -177,28 +189,41 @@ impl MusicModel {
         dropout_rng: Option<&mut Rng>,
         recurrence: Recurrence,
     ) -> Result<Tensor> {
-        let h = self.top_states(ids, dropout_rng, recurrence)?;
-        let (b, t, hidden) = h.dims3()?;
-        let h = h.reshape((b * t, hidden))?;
+        let top = self.top_sequence(ids, dropout_rng, recurrence)?;
+        let (b, t, hidden) = top.dims()?;
+        let device = self.device();
         let weight = self.output.weight();
         let fused = recurrence == Recurrence::Auto
-            && (h.device().is_cpu() || cfg!(feature = "cuda") && h.device().is_cuda())
-            && h.dtype() == DType::F32
+            && (device.is_cpu() || cfg!(feature = "cuda") && device.is_cuda())
+            && weight.dtype() == DType::F32
             && b * t > 0;
         if !fused {
-            let logits = self.output.forward(&h)?;
+            let logits = self
+                .output
+                .forward(&top.states()?.reshape((b * t, hidden))?)?;
             return candle_nn::loss::cross_entropy(&logits, targets);
         }
         let bias = match self.output.bias() {
             Some(bias) => bias.clone(),
-            None => Tensor::zeros(weight.dim(0)?, DType::F32, h.device())?,
+            None => Tensor::zeros(weight.dim(0)?, DType::F32, device)?,
         };
         let wb = Tensor::cat(&[weight, &bias.unsqueeze(1)?], 1)?;
+        let targets = targets.to_dtype(DType::U32)?;
+        let (h, targets) = match &top {
+            // Each sequence's cell-state row is read in place, with a target that counts for
+            // nothing.
+            Sequence::WithCell(out) => {
+                let ignored = Tensor::full(output_loss::IGNORED, (b, 1), device)?;
+                let targets = Tensor::cat(&[&targets.reshape((b, t))?, &ignored], 1)?;
+                (out.reshape((b * (t + 1), hidden))?, targets.flatten_all()?)
+            }
+            Sequence::States(h) => (h.reshape((b * t, hidden))?, targets),
+        };
         let h = h.contiguous()?;
         let keep = h.track_op() || wb.track_op();
         h.apply_op3(
             &wb,
-            &targets.to_dtype(DType::U32)?.contiguous()?,
+            &targets.contiguous()?,
             output_loss::OutputLossOp::new(keep),
         )
     }

@@ -8,7 +8,8 @@
 //! backward is `(p - onehot) / N` in place and two GEMMs.
 //!
 //! Inputs: `h [N, H]`, `wb [V, H + 1]` = the output weight with the bias as its last column,
-//! `targets [N]` (u32). Output: the mean negative log-likelihood, a scalar.
+//! `targets [N]` (u32; [`IGNORED`] marks a row that is not a prediction). Output: the mean
+//! negative log-likelihood over the other rows, a scalar.
 
 use std::sync::Mutex;
 
@@ -18,6 +19,15 @@ use rayon::prelude::*;
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::Simd;
 use super::matmul::matmul;
+
+/// The target of a row that is in `h` but predicts nothing (on the CPU: the final cell state
+/// that ends each sequence of the fused LSTM's output, which the loss reads without a copy).
+/// It adds nothing to the loss or the gradients and is not counted in the mean.
+pub const IGNORED: u32 = u32::MAX;
+
+/// Rows whose bias-gradient sums are added in one fixed block: the sums do not depend on how
+/// many threads run them.
+const ROW_BLOCK: usize = 64;
 
 pub struct OutputLossOp {
     keep_for_backward: bool,
@@ -94,9 +104,13 @@ impl CustomOp3 for OutputLossOp {
         let h = storage_values::<f32>(s1, l1, "output loss: h")?;
         let wb = storage_values::<f32>(s2, l2, "output loss: weights")?;
         let targets = storage_values::<u32>(s3, l3, "output loss: targets")?;
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        if let Some(&bad) = targets
+            .iter()
+            .find(|&&t| t as usize >= vocab && t != IGNORED)
+        {
             bail!("output loss: target {bad} is outside the vocabulary of {vocab}")
         }
+        let predicted = predicted_rows(targets)?;
         let width = hidden + 1;
         // logits = h W^T + b: W^T[k, v] = wb[v * width + k].
         // Written in full by a GEMM that does not read its destination.
@@ -118,6 +132,9 @@ impl CustomOp3 for OutputLossOp {
             .par_chunks_mut(vocab)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
+                if target == IGNORED {
+                    return 0.0;
+                }
                 for (logit, b) in row.iter_mut().zip(&bias) {
                     *logit += b;
                 }
@@ -140,7 +157,7 @@ impl CustomOp3 for OutputLossOp {
             super::scratch::give(probs);
         }
         Ok((
-            CpuStorage::F32(vec![(total / n as f64) as f32]),
+            CpuStorage::F32(vec![(total / predicted as f64) as f32]),
             Shape::from(()),
         ))
     }
@@ -164,18 +181,32 @@ impl CustomOp3 for OutputLossOp {
         }
         let mut dlogits = take_saved(&self.probabilities, "output loss")?;
         let width = hidden + 1;
+        let targets = targets.to_vec1::<u32>()?;
         let scale = grad_res
             .to_dtype(candle_core::DType::F32)?
             .to_scalar::<f32>()?
-            / n as f32;
-        let targets = targets.to_vec1::<u32>()?;
-        dlogits
-            .par_chunks_mut(vocab)
-            .zip(targets.par_iter())
-            .for_each(|(row, &target)| {
-                row[target as usize] -= 1.0;
-                row.iter_mut().for_each(|g| *g *= scale);
-            });
+            / predicted_rows(&targets)? as f32;
+        // dlogits = (p - onehot) * scale in place; the bias gradient (column sums) in the same
+        // pass, per block of rows, then the blocks in order.
+        let block_sums: Vec<Vec<f32>> = dlogits
+            .par_chunks_mut(ROW_BLOCK * vocab)
+            .zip(targets.par_chunks(ROW_BLOCK))
+            .map(|(rows, targets)| {
+                let mut sums = vec![0f32; vocab];
+                for (row, &target) in rows.chunks_exact_mut(vocab).zip(targets) {
+                    if target == IGNORED {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    row[target as usize] -= 1.0;
+                    for (g, sum) in row.iter_mut().zip(sums.iter_mut()) {
+                        *g *= scale;
+                        *sum += *g;
+                    }
+                }
+                sums
+            })
+            .collect();
         // dh = dlogits W: W[v, k] = wb[v * width + k].
         let mut dh = vec![0f32; n * hidden];
         with_values(wb, |wb: &[f32]| {
@@ -206,19 +237,10 @@ impl CustomOp3 for OutputLossOp {
             );
             Ok(())
         })?;
-        let ones = vec![1f32; n];
-        let mut db = vec![0f32; vocab];
-        matmul(
-            (1, vocab, n),
-            &mut db,
-            vocab,
-            &ones,
-            (n, 1),
-            &dlogits,
-            (vocab, 1),
-        );
-        for (v, g) in db.into_iter().enumerate() {
-            dwb[v * width + hidden] = g;
+        for sums in &block_sums {
+            for (v, g) in sums.iter().enumerate() {
+                dwb[v * width + hidden] += g;
+            }
         }
         super::scratch::give(dlogits);
         let device = h.device();
@@ -227,5 +249,82 @@ impl CustomOp3 for OutputLossOp {
             Some(Tensor::from_vec(dwb, (vocab, width), device)?),
             None,
         ))
+    }
+}
+
+/// The rows that predict a target (not [`IGNORED`]): the mean's divisor.
+fn predicted_rows(targets: &[u32]) -> Result<usize> {
+    match targets.iter().filter(|&&t| t != IGNORED).count() {
+        0 => bail!("output loss: every row's target is ignored"),
+        rows => Ok(rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn an_ignored_row_adds_nothing_to_the_loss_or_the_gradients() {
+        let (hidden, vocab) = (5, 7);
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.71 + seed).sin()).collect()
+        };
+        let device = Device::Cpu;
+        let wb = Var::from_vec(
+            values(vocab * (hidden + 1), 0.3),
+            (vocab, hidden + 1),
+            &device,
+        )
+        .unwrap();
+        let loss_and_grads = |rows: usize, targets: Vec<u32>| {
+            let h = Var::from_vec(values(rows * hidden, 1.1), (rows, hidden), &device).unwrap();
+            let targets = Tensor::from_vec(targets, rows, &device).unwrap();
+            let loss = h
+                .apply_op3(wb.as_tensor(), &targets, OutputLossOp::new(true))
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let dh = grads.get(h.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            let dwb = grads.get(wb.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            (loss.to_scalar::<f32>().unwrap(), dh, dwb)
+        };
+        // Three rows whose middle one is ignored, against the first and last rows alone.
+        let (loss, dh, dwb) = loss_and_grads(3, vec![2, IGNORED, 6]);
+        let h_all = values(3 * hidden, 1.1);
+        let h_kept: Vec<f32> = [&h_all[..hidden], &h_all[2 * hidden..]].concat();
+        let h = Var::from_vec(h_kept, (2, hidden), &device).unwrap();
+        let targets = Tensor::new(&[2u32, 6], &device).unwrap();
+        let kept_loss = h
+            .apply_op3(wb.as_tensor(), &targets, OutputLossOp::new(true))
+            .unwrap();
+        let kept_grads = kept_loss.backward().unwrap();
+        let kept_dh = kept_grads
+            .get(h.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let kept_dwb = kept_grads
+            .get(wb.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!((loss - kept_loss.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+        assert_eq!(dh[1], vec![0.0; hidden]);
+        for (got, want) in [&dh[0], &dh[2]].into_iter().zip(&kept_dh) {
+            for (a, b) in got.iter().zip(want) {
+                assert!((a - b).abs() < 1e-6, "dh {a} vs {b}");
+            }
+        }
+        for (got, want) in dwb.iter().flatten().zip(kept_dwb.iter().flatten()) {
+            assert!((got - want).abs() < 1e-6, "dwb {got} vs {want}");
+        }
+        // Every row ignored is an error, not a division by zero.
+        let h = Tensor::zeros((1, hidden), candle_core::DType::F32, &device).unwrap();
+        let targets = Tensor::new(&[IGNORED], &device).unwrap();
+        assert!(
+            h.apply_op3(wb.as_tensor(), &targets, OutputLossOp::new(false))
+                .is_err()
+        );
     }
 }

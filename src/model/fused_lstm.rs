@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
-use super::kernels::{tiled_index, tiled_len};
+use super::kernels::{store_tiled_row, tiled_index, tiled_len, tiled_span};
 use super::matmul::matmul;
 use super::scratch;
 use super::team::{SharedMut, run_team, share, team_size};
@@ -425,10 +425,13 @@ impl CustomOp3 for FusedLstmOp {
                         // SAFETY: the member's own units of row `bi` of h_{step+1}, in the half
                         // of the tiles no one reads during this step.
                         unsafe {
+                            let span = tiled_span(bi, my.units.clone(), h);
                             let half = ((step + 1) % 2) * tiled;
-                            for (jj, &v) in xh.slice(h_row..h_row + n).iter().enumerate() {
-                                h_tiles.set(half + tiled_index(bi, j0 + jj, h), v);
-                            }
+                            store_tiled_row(
+                                h_tiles.slice_mut(half + span.start..half + span.end),
+                                bi,
+                                xh.slice(h_row..h_row + n),
+                            );
                         }
                     }
                     barrier.wait();
@@ -592,10 +595,12 @@ impl FusedLstmOp {
                                 for (sum, &v) in my_dbias[g * width..][..n].iter_mut().zip(da_g) {
                                     *sum += v;
                                 }
-                                for (jj, &v) in da_g.iter().enumerate() {
-                                    da_tiles
-                                        .set(half + tiled_index(bi, g * h + j0 + jj, four_h), v);
-                                }
+                                let span = tiled_span(bi, g * h + j0..g * h + j0 + n, four_h);
+                                store_tiled_row(
+                                    da_tiles.slice_mut(half + span.start..half + span.end),
+                                    bi,
+                                    da_g,
+                                );
                             }
                         }
                     }

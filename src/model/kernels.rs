@@ -224,6 +224,22 @@ pub fn tiled_index(r: usize, kk: usize, k: usize) -> usize {
     (r / TILE_ROWS) * TILE_ROWS * k + kk * TILE_ROWS + r % TILE_ROWS
 }
 
+/// The part of a `? x k` tiling that holds columns `cols` of the tile containing row `r`: the
+/// part a team member that owns those columns writes.
+pub fn tiled_span(r: usize, cols: std::ops::Range<usize>, k: usize) -> std::ops::Range<usize> {
+    let tile = (r / TILE_ROWS) * TILE_ROWS * k;
+    tile + cols.start * TILE_ROWS..tile + cols.end * TILE_ROWS
+}
+
+/// Stores `values` as row `r`'s entries of a [`tiled_span`] (one every `TILE_ROWS` floats).
+#[inline]
+pub fn store_tiled_row(span: &mut [f32], r: usize, values: &[f32]) {
+    let lane = r % TILE_ROWS;
+    for (slot, &v) in span.chunks_exact_mut(TILE_ROWS).zip(values) {
+        slot[lane] = v;
+    }
+}
+
 impl Kernel {
     /// [`Kernel::panel_product`] given also the tiling of `a` ([`tiled_index`]): the AVX-512
     /// kernel reads the tiling, the others read `a`. Padding rows of the tiling must be finite

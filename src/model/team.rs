@@ -131,16 +131,6 @@ impl<'a> SharedMut<'a> {
         unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) }
     }
 
-    /// Writes one value without borrowing a range (members interleave single entries).
-    ///
-    /// # Safety
-    /// No other member reads or writes entry `i` until a barrier both sides pass.
-    pub unsafe fn set(&self, i: usize, value: f32) {
-        assert!(i < self.len);
-        // SAFETY: in bounds (asserted); the caller guarantees exclusive access to entry `i`.
-        unsafe { *self.ptr.add(i) = value };
-    }
-
     /// # Safety
     /// No other member reads or writes `range` until a barrier both sides pass.
     #[allow(clippy::mut_from_ref)]

@@ -293,11 +293,14 @@ impl CustomOp3 for FusedLstmOp {
                 }
                 // Rows per id first, so each step copies one contiguous row.
                 let mut table = vec![0f32; input * four_h];
-                for n in 0..four_h {
-                    for (v, &value) in w[n * ww..n * ww + input].iter().enumerate() {
-                        table[v * four_h + n] = value;
-                    }
-                }
+                table
+                    .par_chunks_mut(four_h)
+                    .enumerate()
+                    .for_each(|(v, row)| {
+                        for (n, value) in row.iter_mut().enumerate() {
+                            *value = w[n * ww + v];
+                        }
+                    });
                 xproj
                     .par_chunks_mut(four_h)
                     .enumerate()
@@ -541,6 +544,9 @@ impl FusedLstmOp {
         // The bias gradient, the column sums of da, gathered by each member for its units while
         // its rows are in cache (a separate pass re-read all of da: ~2 ms a layer).
         let mut dbias = vec![0f32; four_h];
+        // Ids: the input part of dW, column `id` gathering every step that read it, as rows per
+        // id [V, 4H]; each member adds its units' da while they are in cache.
+        let mut per_id = vec![0f32; if ids.is_empty() { 0 } else { input * four_h }];
         // Each step's da block again as the step kernel's row tiles, double-buffered as in the
         // forward pass.
         let tiled = tiled_len(b, four_h);
@@ -551,6 +557,7 @@ impl FusedLstmOp {
             let da = SharedMut::new(&mut da);
             let dstate = SharedMut::new(&mut dstate);
             let dbias = SharedMut::new(&mut dbias);
+            let per_id = SharedMut::new(&mut per_id);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
             let (gates, tanh_c, cells) = (&gates, &tanh_c, &cells);
             run_team(threads, |member, barrier| {
@@ -594,6 +601,16 @@ impl FusedLstmOp {
                                 let da_g = da.slice(at..at + n);
                                 for (sum, &v) in my_dbias[g * width..][..n].iter_mut().zip(da_g) {
                                     *sum += v;
+                                }
+                                if let Some(&id) = ids.get(bi * t + step) {
+                                    // SAFETY: the member's own units of row `id`.
+                                    let row = per_id.slice_mut(
+                                        id as usize * four_h + g * h + j0
+                                            ..id as usize * four_h + g * h + j0 + n,
+                                    );
+                                    for (sum, &v) in row.iter_mut().zip(da_g) {
+                                        *sum += v;
+                                    }
                                 }
                                 let span = tiled_span(bi, g * h + j0..g * h + j0 + n, four_h);
                                 store_tiled_row(
@@ -684,22 +701,11 @@ impl FusedLstmOp {
                 Some(Tensor::from_vec(dx, (b, x_steps, input), device)?)
             }
             LayerInput::Ids => {
-                // Column `id` of w gathers every step that read it: a scatter-add of da rows.
-                let mut per_id = vec![0f32; input * four_h];
-                for bi in 0..b {
-                    for step in 0..t {
-                        let id = ids[bi * t + step] as usize;
-                        let src = &da[(step * b + bi) * four_h..][..four_h];
-                        for (acc, &g) in per_id[id * four_h..][..four_h].iter_mut().zip(src) {
-                            *acc += g;
-                        }
+                dw.par_chunks_mut(ww).enumerate().for_each(|(n, row)| {
+                    for (v, value) in row[..input].iter_mut().enumerate() {
+                        *value = per_id[v * four_h + n];
                     }
-                }
-                for n in 0..four_h {
-                    for v in 0..input {
-                        dw[n * ww + v] = per_id[v * four_h + n];
-                    }
-                }
+                });
                 None
             }
         };

@@ -274,7 +274,8 @@ unsafe fn forward_avx512(row: ForwardRow) {
             let o = sigmoid16(pre(ro, xo, bo));
             let c_t = _mm512_fmadd_ps(f, load(c_prev), _mm512_mul_ps(i, g));
             let t = tanh16(c_t);
-            let store = |s: &mut [f32], v: __m512| _mm512_mask_storeu_ps(s.as_mut_ptr().add(j), mask, v);
+            let store =
+                |s: &mut [f32], v: __m512| _mm512_mask_storeu_ps(s.as_mut_ptr().add(j), mask, v);
             store(c, c_t);
             store(tanh_c, t);
             store(h, _mm512_mul_ps(o, t));
@@ -296,13 +297,21 @@ fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     let set = _mm512_set1_ps;
     // max/min return their second operand when either is NaN: x last keeps a NaN.
     let x = _mm512_min_ps(set(88.5), _mm512_max_ps(set(-88.0), x));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
-        _mm512_fmadd_ps(x, set(std::f32::consts::LOG2_E), set(0.5)),
-    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+        x,
+        set(std::f32::consts::LOG2_E),
+        set(0.5),
+    ));
     let r = _mm512_fnmadd_ps(n, set(0.693_359_4), x);
     let r = _mm512_fnmadd_ps(n, set(-2.121_944_4e-4), r);
     let mut p = set(1.987_569_1e-4);
-    for coefficient in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+    for coefficient in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
         p = _mm512_fmadd_ps(p, r, set(coefficient));
     }
     let e_r = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set(1.0));

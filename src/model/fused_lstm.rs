@@ -272,26 +272,29 @@ impl CustomOp3 for FusedLstmOp {
                 });
         }
 
-        // The input projection of every step, time-major [T, B, 4H] so each step reads one
-        // contiguous block: x W_ih^T[k, n] = w[n * ww + k], or column `id` of w.
-        // Written in full: by a GEMM that does not read its destination, or row by row.
-        let mut xproj = scratch::take(t * b * four_h);
-        match self.input_kind {
-            LayerInput::Dense | LayerInput::Stacked => matmul(
-                (t * b, four_h, input),
-                &mut xproj,
-                four_h,
-                &xh,
-                (xw, 1),
-                w,
-                (1, ww),
-            ),
+        // The input projection of every step. Vectors: time-major [T, B, 4H] so each step reads
+        // one contiguous block, x W_ih^T[k, n] = w[n * ww + k], written in full by a GEMM that
+        // does not read its destination. Ids: one row per id [V, 4H] (column `id` of w), which
+        // the gate pass reads in place of a [T, B, 4H] copy.
+        let (xproj, ids) = match self.input_kind {
+            LayerInput::Dense | LayerInput::Stacked => {
+                let mut xproj = scratch::take(t * b * four_h);
+                matmul(
+                    (t * b, four_h, input),
+                    &mut xproj,
+                    four_h,
+                    &xh,
+                    (xw, 1),
+                    w,
+                    (1, ww),
+                );
+                (xproj, &[][..])
+            }
             LayerInput::Ids => {
                 let ids = storage_values::<u32>(s1, l1, "fused LSTM: ids")?;
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= input) {
                     bail!("fused LSTM: id {bad} is outside the vocabulary of {input}")
                 }
-                // Rows per id first, so each step copies one contiguous row.
                 let mut table = vec![0f32; input * four_h];
                 table
                     .par_chunks_mut(four_h)
@@ -301,15 +304,9 @@ impl CustomOp3 for FusedLstmOp {
                             *value = w[n * ww + v];
                         }
                     });
-                xproj
-                    .par_chunks_mut(four_h)
-                    .enumerate()
-                    .for_each(|(r, row)| {
-                        let id = ids[(r % b) * t + r / b] as usize;
-                        row.copy_from_slice(&table[id * four_h..][..four_h]);
-                    });
+                (table, ids)
             }
-        }
+        };
 
         // W_hh^T in panels: panel g * P + u holds gate g's columns for units 32u .. 32u + 31.
         let units = d.unit_panels();
@@ -381,7 +378,11 @@ impl CustomOp3 for FusedLstmOp {
                     for bi in 0..b {
                         let row = block + b * h + bi * h + j0;
                         let h_row = xh_block + b * xw + bi * xw + x_width + j0;
-                        let x_row = (step * b + bi) * four_h + j0;
+                        // Ids were checked against the vocabulary above.
+                        let x_row = match ids.get(bi * t + step) {
+                            Some(&id) => id as usize * four_h + j0,
+                            None => (step * b + bi) * four_h + j0,
+                        };
                         let gate_row = (step * b + bi) * four_h + j0;
                         let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
                         // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`

@@ -9,6 +9,8 @@
 //! adds (AVX-512: R = 8, 16 accumulators; AVX2: R = 2, 8 accumulators). The instruction set is
 //! chosen at run time; other machines run a portable loop.
 
+use rayon::prelude::*;
+
 use super::gates::{PORTABLE_FUSED, madd};
 use super::isa::Isa;
 
@@ -21,16 +23,23 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// `value(panel, kk, c)` is the operand's entry at row `kk`, column `c` of `panel`.
-    pub fn pack(k: usize, panels: usize, value: impl Fn(usize, usize, usize) -> f32) -> Panels {
+    /// `value(panel, kk, c)` is the operand's entry at row `kk`, column `c` of `panel`. Panels
+    /// are filled in parallel: training packs a megabyte-sized `W_hh` per layer and pass.
+    pub fn pack(
+        k: usize,
+        panels: usize,
+        value: impl Fn(usize, usize, usize) -> f32 + Sync,
+    ) -> Panels {
         let mut data = vec![0f32; panels * k * PANEL];
-        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
-            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (c, slot) in row.iter_mut().enumerate() {
-                    *slot = value(p, kk, c);
+        data.par_chunks_exact_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    for (c, slot) in row.iter_mut().enumerate() {
+                        *slot = value(p, kk, c);
+                    }
                 }
-            }
-        }
+            });
         Panels { data, k }
     }
 
@@ -42,19 +51,21 @@ impl Panels {
         panels: usize,
         w: &[f32],
         (stride, offset): (usize, usize),
-        row_of: impl Fn(usize, usize) -> Option<usize>,
+        row_of: impl Fn(usize, usize) -> Option<usize> + Sync,
     ) -> Panels {
         let mut data = vec![0f32; panels * k * PANEL];
-        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
-            for c in 0..PANEL {
-                if let Some(row) = row_of(p, c) {
-                    let src = &w[row * stride + offset..][..k];
-                    for (kk, &v) in src.iter().enumerate() {
-                        panel[kk * PANEL + c] = v;
+        data.par_chunks_exact_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for c in 0..PANEL {
+                    if let Some(row) = row_of(p, c) {
+                        let src = &w[row * stride + offset..][..k];
+                        for (kk, &v) in src.iter().enumerate() {
+                            panel[kk * PANEL + c] = v;
+                        }
                     }
                 }
-            }
-        }
+            });
         Panels { data, k }
     }
 

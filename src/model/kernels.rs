@@ -251,6 +251,9 @@ pub fn store_tiled_row(span: &mut [f32], r: usize, values: &[f32]) {
     }
 }
 
+/// Rows of a streamed panel (16 KB) that all tiles use before the next block: half of L1.
+const K_BLOCK: usize = 128;
+
 impl Kernel {
     /// [`Kernel::panel_product`] given also the tiling of `a` ([`tiled_index`]): the AVX-512
     /// kernel reads the tiling, the others read `a`. Padding rows of the tiling must be finite
@@ -278,22 +281,33 @@ impl Kernel {
             );
             check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
             let (t, p, c) = (tiled.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
-            for tile in 0..rows.div_ceil(TILE_ROWS) {
-                let valid = (rows - tile * TILE_ROWS).min(TILE_ROWS);
-                // SAFETY: asserted above (`check_bounds` and the tiling's length): the tiling holds
-                // every tile's k x 8 values, the panel k x 32, the output `valid` rows of 32 from
-                // row 8 * tile; AVX-512 is present.
-                unsafe {
-                    x86::tile512_tiled(
-                        t.add(tile * TILE_ROWS * k),
-                        p,
-                        k,
-                        c.add(tile * TILE_ROWS * ldc),
-                        ldc,
-                        valid,
-                        stream && tile == 0,
-                    )
-                };
+            // A panel that streams from L3 is read once, in blocks of `K_BLOCK` rows that every
+            // tile uses while the block is in L1 (the tiles keep their sums in `c` between
+            // blocks); one that stays in L2 is read once per tile.
+            let block = if stream { K_BLOCK } else { k.max(1) };
+            for start in (0..k).step_by(block) {
+                let len = block.min(k - start);
+                for tile in 0..rows.div_ceil(TILE_ROWS) {
+                    let valid = (rows - tile * TILE_ROWS).min(TILE_ROWS);
+                    // SAFETY: asserted above (`check_bounds` and the tiling's length): the tiling
+                    // holds every tile's k x 8 values, the panel k x 32, the output `valid` rows
+                    // of 32 from row 8 * tile; rows start .. start + len < k of each are read, and
+                    // prefetches stay within the panel; AVX-512 is present.
+                    unsafe {
+                        x86::tile512_tiled(
+                            t.add(tile * TILE_ROWS * k + start * TILE_ROWS),
+                            p.add(start * PANEL),
+                            len,
+                            c.add(tile * TILE_ROWS * ldc),
+                            ldc,
+                            valid,
+                            x86::Pass {
+                                accumulate: start > 0,
+                                prefetch: stream && tile == 0,
+                            },
+                        )
+                    };
+                }
             }
             return;
         }
@@ -470,6 +484,14 @@ mod x86 {
         }
     }
 
+    /// How [`tile512_tiled`] treats its output and the panel.
+    pub struct Pass {
+        /// Add to the sums already in `c` (a later block of k) instead of starting from zero.
+        pub accumulate: bool,
+        /// Prefetch the panel 16 rows ahead (it streams from L3).
+        pub prefetch: bool,
+    }
+
     /// An 8-row tile from its k-major tiling `t` (`t[kk * 8 + r]`); stores the first `valid`
     /// rows.
     ///
@@ -483,11 +505,21 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         valid: usize,
-        prefetch: bool,
+        pass: Pass,
     ) {
         const R: usize = super::TILE_ROWS;
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
+        if pass.accumulate {
+            for r in 0..valid.min(R) {
+                // SAFETY: output row r < valid holds 32 floats.
+                unsafe {
+                    lo[r] = _mm512_loadu_ps(c.add(r * ldc));
+                    hi[r] = _mm512_loadu_ps(c.add(r * ldc + 16));
+                }
+            }
+        }
+        let prefetch = pass.prefetch;
         for kk in 0..k {
             // SAFETY: kk < k: inside the tiling and the panel.
             unsafe {
@@ -626,8 +658,12 @@ mod tests {
     #[test]
     fn the_tiled_product_matches_a_plain_product() {
         for kernel in Kernel::available() {
-            for rows in [1usize, 2, 7, 8, 9, 16, 19] {
-                let (k, lda, ldc) = (37usize, 41usize, 70usize);
+            // k = 300: a streamed panel is read in blocks of K_BLOCK, the last one short.
+            for (rows, k) in [1usize, 2, 7, 8, 9, 16, 19]
+                .into_iter()
+                .flat_map(|rows| [(rows, 37usize), (rows, 300)])
+            {
+                let (lda, ldc) = (k + 4, 70usize);
                 let a = data(rows * lda, 3);
                 let panel = data(k * PANEL, 4);
                 let mut tiled = vec![0f32; tiled_len(rows, k)];

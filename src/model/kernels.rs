@@ -251,7 +251,7 @@ pub fn store_tiled_row(span: &mut [f32], r: usize, values: &[f32]) {
     }
 }
 
-/// Rows of a streamed panel (16 KB) that all tiles use before the next block: half of L1.
+/// Rows of a panel (16 KB) that all row tiles use before the next block: half of L1.
 const K_BLOCK: usize = 128;
 
 impl Kernel {
@@ -281,10 +281,10 @@ impl Kernel {
             );
             check_bounds(a.len(), lda, rows, panel.len(), k, c.len(), ldc);
             let (t, p, c) = (tiled.as_ptr(), panel.as_ptr(), c.as_mut_ptr());
-            // A panel that streams from L3 is read once, in blocks of `K_BLOCK` rows that every
-            // tile uses while the block is in L1 (the tiles keep their sums in `c` between
-            // blocks); one that stays in L2 is read once per tile.
-            let block = if stream { K_BLOCK } else { k.max(1) };
+            // The panel is read once, in blocks of `K_BLOCK` rows that every tile uses while the
+            // block is in L1 (the tiles keep their sums in `c` between blocks), not once per
+            // tile from L2 or L3.
+            let block = K_BLOCK;
             for start in (0..k).step_by(block) {
                 let len = block.min(k - start);
                 for tile in 0..rows.div_ceil(TILE_ROWS) {

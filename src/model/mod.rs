@@ -215,7 +215,7 @@ impl MusicModel {
             Sequence::WithCell(out) => {
                 let ignored = Tensor::full(output_loss::IGNORED, (b, 1), device)?;
                 let targets = Tensor::cat(&[&targets.reshape((b, t))?, &ignored], 1)?;
-                (out.reshape((b * (t + 1), hidden))?, targets.flatten_all()?)
+                (out.clone(), targets.flatten_all()?)
             }
             Sequence::States(h) => (h.reshape((b * t, hidden))?, targets),
         };

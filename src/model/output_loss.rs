@@ -52,7 +52,13 @@ impl OutputLossOp {
 
 /// `(N, H, V)` after checking the shapes fit.
 fn dims(h: &Shape, wb: &Shape, targets: &Shape) -> Result<(usize, usize, usize)> {
-    let (n, hidden) = h.dims2()?;
+    // Rows are every dimension but the last: `[N, H]`, or the fused LSTM's `[B, T + 1, H]`
+    // read without a reshape (whose gradient would be one more pass over it).
+    let hidden = match h.dims() {
+        [_, .., hidden] if h.rank() >= 2 => *hidden,
+        _ => bail!("output loss: h must be [rows, H], got {h:?}"),
+    };
+    let n = h.elem_count() / hidden.max(1);
     let (vocab, width) = wb.dims2()?;
     if width != hidden + 1 || targets.dims1()? != n || n == 0 {
         bail!("output loss: shapes {h:?} {wb:?} {targets:?} do not fit together")
@@ -177,7 +183,7 @@ impl CustomOp3 for OutputLossOp {
             let sizes = cuda_sizes((n, hidden, vocab));
             let (dh, dwb) =
                 super::cuda_output_loss::backward([h, wb, targets, grad_res], saved, sizes)?;
-            return Ok((Some(dh), Some(dwb), None));
+            return Ok((Some(dh.reshape(h.shape())?), Some(dwb), None));
         }
         let mut dlogits = take_saved(&self.probabilities, "output loss")?;
         let width = hidden + 1;
@@ -245,7 +251,7 @@ impl CustomOp3 for OutputLossOp {
         super::scratch::give(dlogits);
         let device = h.device();
         Ok((
-            Some(Tensor::from_vec(dh, (n, hidden), device)?),
+            Some(Tensor::from_vec(dh, h.shape(), device)?),
             Some(Tensor::from_vec(dwb, (vocab, width), device)?),
             None,
         ))

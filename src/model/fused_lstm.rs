@@ -295,7 +295,8 @@ impl CustomOp3 for FusedLstmOp {
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= input) {
                     bail!("fused LSTM: id {bad} is outside the vocabulary of {input}")
                 }
-                let mut table = vec![0f32; input * four_h];
+                // Written in full: every entry of every row.
+                let mut table = scratch::take(input * four_h);
                 table
                     .par_chunks_mut(four_h)
                     .enumerate()

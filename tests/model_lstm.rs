@@ -480,6 +480,20 @@ fn fused_and_composed_training_give_the_same_loss_curve() {
     }
 }
 
+/// `("loss", loss)`, then every variable's gradient by name, in name order.
+fn loss_and_gradients(loss: &Tensor, varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let grads = loss.backward().unwrap();
+    let vars = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut tensors = vec![("loss".to_string(), loss.clone())];
+    for name in names {
+        let grad = grads.get(vars[name].as_tensor()).expect("a gradient");
+        tensors.push((name.clone(), grad.clone()));
+    }
+    tensors
+}
+
 /// Between fused layers each layer's whole output (its states and its final cell state) goes to
 /// the next one and to the loss without a copy; dropout must draw the same masks as on the
 /// composed path's states, and no gradient may leak through the cell-state rows.
@@ -501,23 +515,16 @@ fn fused_and_composed_agree_with_dropout_between_three_layers() {
         ids.narrow(1, 0, 11).unwrap(),
         ids.narrow(1, 1, 11).unwrap().flatten_all().unwrap(),
     );
-    let mut results = Vec::new();
-    for recurrence in [Recurrence::Auto, Recurrence::Composed] {
-        let mut rng = echoai::rng::Rng::new(17);
-        let loss = model
-            .loss_with(&inputs, &targets, Some(&mut rng), recurrence)
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        let vars = varmap.data().lock().unwrap();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        let mut tensors = vec![("loss".to_string(), loss.clone())];
-        for name in names {
-            let grad = grads.get(vars[name].as_tensor()).expect("a gradient");
-            tensors.push((name.clone(), grad.clone()));
-        }
-        results.push(tensors);
-    }
+    let results: Vec<_> = [Recurrence::Auto, Recurrence::Composed]
+        .into_iter()
+        .map(|recurrence| {
+            let mut rng = echoai::rng::Rng::new(17);
+            let loss = model
+                .loss_with(&inputs, &targets, Some(&mut rng), recurrence)
+                .unwrap();
+            loss_and_gradients(&loss, &varmap)
+        })
+        .collect();
     let without_dropout = model
         .loss_with(&inputs, &targets, None, Recurrence::Auto)
         .unwrap()
@@ -555,22 +562,15 @@ fn banded_attention_matches_the_masked_reference_with_every_gradient() {
         let ids = Tensor::from_vec(ids, (3, time + 1), &Device::Cpu).unwrap();
         let inputs = ids.narrow(1, 0, time).unwrap();
         let targets = ids.narrow(1, 1, time).unwrap().flatten_all().unwrap();
-        let mut results = Vec::new();
-        for recurrence in [Recurrence::Auto, Recurrence::Composed] {
-            let loss = model
-                .loss_with(&inputs, &targets, None, recurrence)
-                .unwrap();
-            let grads = loss.backward().unwrap();
-            let vars = varmap.data().lock().unwrap();
-            let mut names: Vec<&String> = vars.keys().collect();
-            names.sort();
-            let mut tensors = vec![("loss".to_string(), loss.clone())];
-            for name in names {
-                let grad = grads.get(vars[name].as_tensor()).expect("a gradient");
-                tensors.push((name.clone(), grad.clone()));
-            }
-            results.push(tensors);
-        }
+        let results: Vec<_> = [Recurrence::Auto, Recurrence::Composed]
+            .into_iter()
+            .map(|recurrence| {
+                let loss = model
+                    .loss_with(&inputs, &targets, None, recurrence)
+                    .unwrap();
+                loss_and_gradients(&loss, &varmap)
+            })
+            .collect();
         for ((name, fast), (_, reference)) in results[0].iter().zip(&results[1]) {
             let err = max_rel_err(fast, reference);
             assert!(

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
-use super::kernels::{Kernel, PANEL, Panels};
+use super::kernels::{Kernel, PANEL, Panels, axpy};
 use super::kernels::{store_tiled_row, tiled_index, tiled_len, tiled_span};
 use super::matmul::matmul;
 use super::scratch;
@@ -601,18 +601,14 @@ impl FusedLstmOp {
                             for g in 0..4 {
                                 let at = gate_row + g * h;
                                 let da_g = da.slice(at..at + n);
-                                for (sum, &v) in my_dbias[g * width..][..n].iter_mut().zip(da_g) {
-                                    *sum += v;
-                                }
+                                axpy(1.0, da_g, &mut my_dbias[g * width..][..n]);
                                 if let Some(&id) = ids.get(bi * t + step) {
                                     // SAFETY: the member's own units of row `id`.
                                     let row = per_id.slice_mut(
                                         id as usize * four_h + g * h + j0
                                             ..id as usize * four_h + g * h + j0 + n,
                                     );
-                                    for (sum, &v) in row.iter_mut().zip(da_g) {
-                                        *sum += v;
-                                    }
+                                    axpy(1.0, da_g, row);
                                 }
                                 let span = tiled_span(bi, g * h + j0..g * h + j0 + n, four_h);
                                 store_tiled_row(

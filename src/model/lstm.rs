@@ -413,17 +413,15 @@ fn dropout_sequence(x: &Sequence, p: f64, rng: &mut Rng) -> Result<Sequence> {
     }
     match x {
         Sequence::WithCell(out) if out.device().is_cpu() => {
-            let (b, rows, hidden) = out.dims3()?;
-            let keep = 1.0 - p;
-            let scale = (1.0 / keep) as f32;
-            let states = rows.saturating_sub(1) * hidden;
-            let mut mask = Vec::with_capacity(b * rows * hidden);
-            for _ in 0..b {
-                mask.extend((0..states).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }));
-                mask.resize(mask.len() + (rows * hidden - states), 0.0);
-            }
-            let mask = Tensor::from_vec(mask, out.shape(), out.device())?.to_dtype(out.dtype())?;
-            Ok(Sequence::WithCell((out * mask)?))
+            let (_, rows, hidden) = out.dims3()?;
+            let block = rows * hidden;
+            let drawn = rows.saturating_sub(1) * hidden;
+            Ok(Sequence::WithCell(times_host_mask(
+                out,
+                p,
+                rng,
+                (block, drawn),
+            )?))
         }
         Sequence::WithCell(_) => Ok(Sequence::States(dropout(&x.states()?, p, rng)?)),
         Sequence::States(h) => Ok(Sequence::States(dropout(h, p, rng)?)),
@@ -445,9 +443,29 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
         let mask = (uniform.lt(keep as f32)?.to_dtype(x.dtype())? * f64::from(scale))?;
         return x * mask;
     }
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
-        .collect();
+    let count = x.elem_count();
+    times_host_mask(x, p, rng, (count, count))
+}
+
+/// `x` times an inverted-dropout mask drawn on the host: `x` is read as blocks of `block`
+/// values, and the first `drawn` of each get a draw from `rng`, in order (kept: `1 / (1 - p)`,
+/// dropped: 0); the rest of each block gets 0 and no draw.
+fn times_host_mask(
+    x: &Tensor,
+    p: f64,
+    rng: &mut Rng,
+    (block, drawn): (usize, usize),
+) -> Result<Tensor> {
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let count = x.elem_count();
+    let mut mask = Vec::with_capacity(count);
+    while mask.len() < count {
+        let end = (mask.len() + block.max(1)).min(count);
+        let draws = drawn.min(end - mask.len());
+        mask.extend((0..draws).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }));
+        mask.resize(end, 0.0);
+    }
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }

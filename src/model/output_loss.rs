@@ -110,13 +110,7 @@ impl CustomOp3 for OutputLossOp {
         let h = storage_values::<f32>(s1, l1, "output loss: h")?;
         let wb = storage_values::<f32>(s2, l2, "output loss: weights")?;
         let targets = storage_values::<u32>(s3, l3, "output loss: targets")?;
-        if let Some(&bad) = targets
-            .iter()
-            .find(|&&t| t as usize >= vocab && t != IGNORED)
-        {
-            bail!("output loss: target {bad} is outside the vocabulary of {vocab}")
-        }
-        let predicted = predicted_rows(targets)?;
+        let predicted = predicted_rows(targets, vocab)?;
         let width = hidden + 1;
         // logits = h W^T + b: W^T[k, v] = wb[v * width + k].
         // Written in full by a GEMM that does not read its destination.
@@ -191,7 +185,7 @@ impl CustomOp3 for OutputLossOp {
         let scale = grad_res
             .to_dtype(candle_core::DType::F32)?
             .to_scalar::<f32>()?
-            / predicted_rows(&targets)? as f32;
+            / predicted_rows(&targets, vocab)? as f32;
         // dlogits = (p - onehot) * scale in place; the bias gradient (column sums) in the same
         // pass, per block of rows, then the blocks in order.
         let block_sums: Vec<Vec<f32>> = dlogits
@@ -258,12 +252,20 @@ impl CustomOp3 for OutputLossOp {
     }
 }
 
-/// The rows that predict a target (not [`IGNORED`]): the mean's divisor.
-fn predicted_rows(targets: &[u32]) -> Result<usize> {
-    match targets.iter().filter(|&&t| t != IGNORED).count() {
-        0 => bail!("output loss: every row's target is ignored"),
-        rows => Ok(rows),
+/// The rows that predict a target (not [`IGNORED`]), the mean's divisor, after checking every
+/// other target is in the vocabulary.
+fn predicted_rows(targets: &[u32], vocab: usize) -> Result<usize> {
+    let mut rows = 0;
+    for &target in targets.iter().filter(|&&t| t != IGNORED) {
+        if target as usize >= vocab {
+            bail!("output loss: target {target} is outside the vocabulary of {vocab}")
+        }
+        rows += 1;
     }
+    if rows == 0 {
+        bail!("output loss: every row's target is ignored")
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

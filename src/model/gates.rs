@@ -335,7 +335,12 @@ fn recip16(d: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 fn sigmoid16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let minus_x = _mm512_sub_ps(_mm512_setzero_ps(), x);
-    recip16(_mm512_add_ps(_mm512_set1_ps(1.0), exp16(minus_x)))
+    let s = recip16(_mm512_add_ps(_mm512_set1_ps(1.0), exp16(minus_x)));
+    // Below about -87 the reciprocal is subnormal (the portable path's `2^n` overflows to inf
+    // there and gives 0); subnormal gates would also slow every later product they enter.
+    // "Not less than" is true for NaN, which passes through.
+    let normal = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(s, _mm512_set1_ps(f32::MIN_POSITIVE));
+    _mm512_maskz_mov_ps(normal, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -425,6 +430,50 @@ mod tests {
                 dh * t * o * (1.0 - o),
             ];
             (da, dc * f)
+        }
+    }
+
+    /// A diverging run must reach the loss as NaN, and saturated gates must stay in [0, 1].
+    #[test]
+    fn every_instruction_set_passes_nan_and_saturates_at_the_extremes() {
+        let pre = [
+            f32::NAN,
+            200.0,
+            -200.0,
+            1e30,
+            -1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        let n = pre.len();
+        let zeros = vec![0.0f32; n];
+        for simd in Simd::available() {
+            let (mut c, mut h, mut t) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            let mut g = [vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+            {
+                let [g0, g1, g2, g3] = &mut g;
+                simd.forward(ForwardRow {
+                    recurrent: [&pre, &pre, &pre, &pre],
+                    input: [&zeros, &zeros, &zeros, &zeros],
+                    bias: [&zeros, &zeros, &zeros, &zeros],
+                    c_prev: &zeros,
+                    c: &mut c,
+                    h: &mut h,
+                    gates: [g0, g1, g2, g3],
+                    tanh_c: &mut t,
+                });
+            }
+            assert!(
+                h[0].is_nan() && c[0].is_nan(),
+                "{simd:?}: NaN in, {} out",
+                h[0]
+            );
+            for j in 1..n {
+                let sign = if pre[j] > 0.0 { 1.0 } else { 0.0 };
+                assert_eq!(g[0][j], sign, "{simd:?} sigmoid({})", pre[j]);
+                assert_eq!(g[2][j], 2.0 * sign - 1.0, "{simd:?} tanh({})", pre[j]);
+                assert!(h[j].is_finite() && h[j].abs() <= 1.0, "{simd:?} h {}", h[j]);
+            }
         }
     }
 

@@ -494,6 +494,31 @@ fn loss_and_gradients(loss: &Tensor, varmap: &VarMap) -> Vec<(String, Tensor)> {
     tensors
 }
 
+/// The fused loss skips its own cell-state rows by a reserved target; a caller's target with that
+/// value, or any other outside the vocabulary, is an error, not a skipped row.
+#[test]
+fn a_target_outside_the_vocabulary_is_an_error_on_the_fused_path() {
+    let config = ModelConfig {
+        kind: ModelKind::Lstm,
+        embed: 8,
+        hidden: 16,
+        layers: 2,
+        dropout: 0.0,
+        ..ModelConfig::default()
+    };
+    let (_varmap, model) = fresh_model(&config);
+    let inputs = Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], (2, 3), &Device::Cpu).unwrap();
+    for bad in [390u32, u32::MAX] {
+        let targets = Tensor::from_vec(vec![1u32, 2, bad, 4, 5, 6], 6, &Device::Cpu).unwrap();
+        assert!(
+            model
+                .loss_with(&inputs, &targets, None, Recurrence::Auto)
+                .is_err(),
+            "target {bad}"
+        );
+    }
+}
+
 /// Between fused layers each layer's whole output (its states and its final cell state) goes to
 /// the next one and to the loss without a copy; dropout must draw the same masks as on the
 /// composed path's states, and no gradient may leak through the cell-state rows.

@@ -39,7 +39,7 @@ pub use fused_lstm::{FusedLstmOp, LayerInput};
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, Sequence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, bail};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 
 use crate::rng::Rng;
@@ -209,6 +209,17 @@ impl MusicModel {
         };
         let wb = Tensor::cat(&[weight, &bias.unsqueeze(1)?], 1)?;
         let targets = targets.to_dtype(DType::U32)?;
+        if device.is_cpu() && b * t > 0 {
+            // The op skips `IGNORED` rows; a caller's target never is one (the op names any
+            // other id outside the vocabulary itself).
+            let largest = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+            if largest == output_loss::IGNORED {
+                bail!(
+                    "loss: target {largest} is outside the vocabulary of {}",
+                    weight.dim(0)?
+                )
+            }
+        }
         let (h, targets) = match &top {
             // Each sequence's cell-state row is read in place, with a target that counts for
             // nothing.

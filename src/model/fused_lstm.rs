@@ -26,10 +26,10 @@ use rayon::prelude::*;
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels, axpy};
-use super::kernels::{store_tiled_row, tiled_index, tiled_len, tiled_span};
 use super::matmul::matmul;
 use super::scratch;
 use super::team::{SharedMut, run_team, share, team_size};
+use super::tiling::{TILE_ROWS, store_tile, tiled_index, tiled_len, tiled_span};
 
 /// What the backward pass needs from the forward pass (all time-major).
 struct Saved {
@@ -427,15 +427,24 @@ impl CustomOp3 for FusedLstmOp {
                             gates: g_out,
                             tanh_c: t_out,
                         });
-                        // SAFETY: the member's own units of row `bi` of h_{step+1}, in the half
-                        // of the tiles no one reads during this step.
+                    }
+                    for first in (0..b).step_by(TILE_ROWS) {
+                        let count = (b - first).min(TILE_ROWS);
+                        let h_row = |bi: usize| xh_block + b * xw + bi * xw + x_width + j0;
+                        // SAFETY: the member's own units of rows `first..first + count` of
+                        // h_{step+1}, written above, and their part of the half of the tiles no
+                        // one reads during this step.
                         unsafe {
-                            let span = tiled_span(bi, my.units.clone(), h);
+                            let mut rows: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+                            for (i, row) in rows.iter_mut().take(count).enumerate() {
+                                *row = xh.slice(h_row(first + i)..h_row(first + i) + n);
+                            }
+                            let span = tiled_span(first, my.units.clone(), h);
                             let half = ((step + 1) % 2) * tiled;
-                            store_tiled_row(
+                            store_tile(
+                                kernel,
                                 h_tiles.slice_mut(half + span.start..half + span.end),
-                                bi,
-                                xh.slice(h_row..h_row + n),
+                                &rows[..count],
                             );
                         }
                     }
@@ -594,10 +603,9 @@ impl FusedLstmOp {
                             dc: &mut dc[bi * width..][..n],
                             da: da_row,
                         });
-                        // SAFETY: the member's own units of row `bi` of block `step`, in the
-                        // half of the tiles no one reads until the barrier below.
+                        // SAFETY: the member's own units of row `bi` of block `step`, written
+                        // just above.
                         unsafe {
-                            let half = (step % 2) * tiled;
                             for g in 0..4 {
                                 let at = gate_row + g * h;
                                 let da_g = da.slice(at..at + n);
@@ -610,11 +618,27 @@ impl FusedLstmOp {
                                     );
                                     axpy(1.0, da_g, row);
                                 }
-                                let span = tiled_span(bi, g * h + j0..g * h + j0 + n, four_h);
-                                store_tiled_row(
+                            }
+                        }
+                    }
+                    for first in (0..b).step_by(TILE_ROWS) {
+                        let count = (b - first).min(TILE_ROWS);
+                        for g in 0..4 {
+                            let at = |bi: usize| (step * b + bi) * four_h + g * h + j0;
+                            // SAFETY: the member's own units of gate g in rows
+                            // `first..first + count` of block `step`, written above, and their
+                            // part of the half of the tiles no one reads until the barrier below.
+                            unsafe {
+                                let mut rows: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+                                for (i, row) in rows.iter_mut().take(count).enumerate() {
+                                    *row = da.slice(at(first + i)..at(first + i) + n);
+                                }
+                                let span = tiled_span(first, g * h + j0..g * h + j0 + n, four_h);
+                                let half = (step % 2) * tiled;
+                                store_tile(
+                                    kernel,
                                     da_tiles.slice_mut(half + span.start..half + span.end),
-                                    bi,
-                                    da_g,
+                                    &rows[..count],
                                 );
                             }
                         }

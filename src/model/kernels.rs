@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::gates::{PORTABLE_FUSED, madd};
 use super::isa::Isa;
+use super::tiling::{TILE_ROWS, tiled_len};
 
 pub const PANEL: usize = 32;
 
@@ -173,7 +174,7 @@ impl Kernel {
 
     /// This kernel where the CPU runs it, else the portable one: the variants are public, so a
     /// caller can name one the CPU lacks, and running it would be undefined behaviour.
-    fn checked(self) -> Kernel {
+    pub(super) fn checked(self) -> Kernel {
         if self.runs_here() {
             self
         } else {
@@ -214,40 +215,6 @@ impl Kernel {
                 _ => rows_portable(a, lda, rows, p, k, c, ldc),
             }
         }
-    }
-}
-
-/// Rows of a `rows x k` left operand regrouped for the AVX-512 tiles: tiles of [`TILE_ROWS`]
-/// rows, each stored k-major (`[tile][kk][row]`), zeros padding the last tile. Read so, the eight
-/// broadcasts of a step of `kk` are eight offsets from one pointer: from row-major rows, the
-/// address arithmetic of eight strided rows took as many micro-ops as the FMAs, and the kernel ran
-/// at ~65 % of the FMA peak even from L2.
-pub const TILE_ROWS: usize = 8;
-
-/// Values a [`TILE_ROWS`]-row tiling of `rows x k` holds.
-pub fn tiled_len(rows: usize, k: usize) -> usize {
-    rows.div_ceil(TILE_ROWS) * TILE_ROWS * k
-}
-
-/// Where entry (`r`, `kk`) of a `? x k` operand lives in its tiling.
-#[inline(always)]
-pub fn tiled_index(r: usize, kk: usize, k: usize) -> usize {
-    (r / TILE_ROWS) * TILE_ROWS * k + kk * TILE_ROWS + r % TILE_ROWS
-}
-
-/// The part of a `? x k` tiling that holds columns `cols` of the tile containing row `r`: the
-/// part a team member that owns those columns writes.
-pub fn tiled_span(r: usize, cols: std::ops::Range<usize>, k: usize) -> std::ops::Range<usize> {
-    let tile = (r / TILE_ROWS) * TILE_ROWS * k;
-    tile + cols.start * TILE_ROWS..tile + cols.end * TILE_ROWS
-}
-
-/// Stores `values` as row `r`'s entries of a [`tiled_span`] (one every `TILE_ROWS` floats).
-#[inline]
-pub fn store_tiled_row(span: &mut [f32], r: usize, values: &[f32]) {
-    let lane = r % TILE_ROWS;
-    for (slot, &v) in span.chunks_exact_mut(TILE_ROWS).zip(values) {
-        slot[lane] = v;
     }
 }
 
@@ -644,6 +611,7 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tiling::tiled_index;
     use super::*;
 
     fn data(len: usize, seed: u32) -> Vec<f32> {

@@ -32,6 +32,7 @@ mod output_loss;
 mod scratch;
 mod stepper;
 mod team;
+mod tiling;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{BackwardRow, ForwardRow, Simd};
-use super::kernels::{Kernel, PANEL, Panels, axpy};
+use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
 use super::scratch;
 use super::team::{SharedMut, run_team, share, team_size};
@@ -609,14 +609,14 @@ impl FusedLstmOp {
                             for g in 0..4 {
                                 let at = gate_row + g * h;
                                 let da_g = da.slice(at..at + n);
-                                axpy(1.0, da_g, &mut my_dbias[g * width..][..n]);
+                                kernel.add_to(da_g, &mut my_dbias[g * width..][..n]);
                                 if let Some(&id) = ids.get(bi * t + step) {
                                     // SAFETY: the member's own units of row `id`.
                                     let row = per_id.slice_mut(
                                         id as usize * four_h + g * h + j0
                                             ..id as usize * four_h + g * h + j0 + n,
                                     );
-                                    axpy(1.0, da_g, row);
+                                    kernel.add_to(da_g, row);
                                 }
                             }
                         }

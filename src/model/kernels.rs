@@ -137,6 +137,20 @@ fn check_bounds(a: usize, lda: usize, rows: usize, panel: usize, k: usize, c: us
     );
 }
 
+impl Kernel {
+    /// `y += x`, on this kernel's instruction set: the team members' gradient sums run inside
+    /// closures compiled for the baseline (SSE) otherwise.
+    pub fn add_to(self, x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.checked() == Kernel::Avx512 {
+            // SAFETY: AVX-512 is present (`checked`); the body is safe code.
+            unsafe { x86::add_avx512(x, y) };
+            return;
+        }
+        axpy(1.0, x, y);
+    }
+}
+
 /// Which implementation multiplies by a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -363,6 +377,13 @@ unsafe fn rows_portable(
 mod x86 {
     use super::PANEL;
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_avx512(x: &[f32], y: &mut [f32]) {
+        super::axpy(1.0, x, y);
+    }
 
     /// # Safety
     /// AVX-512F present; bounds as [`super::Kernel::panel_product`] asserts.
@@ -664,6 +685,21 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_adds_every_value_exactly() {
+        for kernel in Kernel::available() {
+            for len in [0usize, 1, 15, 16, 17, 100] {
+                let x = data(len, 5);
+                let mut y = data(len + 3, 6);
+                let want: Vec<f32> = (0..len + 3)
+                    .map(|i| y[i] + if i < len { x[i] } else { 0.0 })
+                    .collect();
+                kernel.add_to(&x, &mut y[..len]);
+                assert_eq!(y, want, "{kernel:?} len {len}");
             }
         }
     }

@@ -333,8 +333,13 @@ impl CustomOp3 for FusedLstmOp {
                 h_tiles[tiled_index(bi, j, h)] = v;
             }
         }
+        // The op's output, batch-major [B, T + 1, H]: every member writes its units of each h_t
+        // (while they are in L1) and of c_T; a pass after the team re-read all of xh from
+        // memory.
+        let mut out = vec![0f32; b * (t + 1) * h];
         let threads = team_size(units);
         {
+            let out = SharedMut::new(&mut out);
             let h_tiles = SharedMut::new(&mut h_tiles);
             let xh = SharedMut::new(&mut xh);
             let cells = SharedMut::new(&mut cells);
@@ -433,11 +438,13 @@ impl CustomOp3 for FusedLstmOp {
                         let h_row = |bi: usize| xh_block + b * xw + bi * xw + x_width + j0;
                         // SAFETY: the member's own units of rows `first..first + count` of
                         // h_{step+1}, written above, and their part of the half of the tiles no
-                        // one reads during this step.
+                        // one reads during this step and of the output's rows.
                         unsafe {
                             let mut rows: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
                             for (i, row) in rows.iter_mut().take(count).enumerate() {
                                 *row = xh.slice(h_row(first + i)..h_row(first + i) + n);
+                                let at = ((first + i) * (t + 1) + step) * h + j0;
+                                out.slice_mut(at..at + n).copy_from_slice(row);
                             }
                             let span = tiled_span(first, my.units.clone(), h);
                             let half = ((step + 1) % 2) * tiled;
@@ -450,22 +457,18 @@ impl CustomOp3 for FusedLstmOp {
                     }
                     barrier.wait();
                 }
+                for bi in 0..b {
+                    let (from, to) = ((t * b + bi) * h + j0, (bi * (t + 1) + t) * h + j0);
+                    // SAFETY: the member's own units of c_T (written by it, or the initial state
+                    // when t = 0) and of the output's last row.
+                    unsafe {
+                        out.slice_mut(to..to + n)
+                            .copy_from_slice(cells.slice(from..from + n))
+                    };
+                }
             });
         }
 
-        let mut out = vec![0f32; b * (t + 1) * h];
-        out.par_chunks_mut((t + 1) * h)
-            .enumerate()
-            .for_each(|(bi, rows)| {
-                for (s, row) in rows.chunks_exact_mut(h).enumerate() {
-                    let src = if s < t {
-                        &xh[((s + 1) * b + bi) * xw + x_width..][..h]
-                    } else {
-                        &cells[(t * b + bi) * h..][..h]
-                    };
-                    row.copy_from_slice(src);
-                }
-            });
         scratch::give(xproj);
         if keep {
             *self.saved.lock().map_err(|_| poisoned("fused LSTM"))? = Some(Saved {

@@ -320,7 +320,16 @@ impl CustomOp3 for FusedLstmOp {
         // the members' shares cover all units.
         let mut cells = scratch::take((t + 1) * b * h);
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
-        let mut gates = scratch::take(if keep { t * b * four_h } else { 0 });
+        // Training on vectors: the activated gates overwrite the input projection, which has the
+        // same layout and is read once, row by row, just before (each row staged in L1 first).
+        // Writing them elsewhere cost a second [T, B, 4H] buffer (16 MB at the bundled size,
+        // 128 MB at the CLI's) and a read for ownership of every line of it.
+        let in_place = keep && self.input_kind != LayerInput::Ids;
+        let (mut gates, xproj) = if in_place {
+            (xproj, Vec::new())
+        } else {
+            (scratch::take(if keep { t * b * four_h } else { 0 }), xproj)
+        };
         let mut tanh_c = scratch::take(if keep { t * b * h } else { 0 });
 
         // h_{t-1} again as the step kernel's row tiles, double-buffered by step parity: members
@@ -352,6 +361,7 @@ impl CustomOp3 for FusedLstmOp {
                 let stream = streams_from_l3(4 * my.panels.len(), h);
                 let mut pre = vec![0f32; 4 * b * width];
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
+                let mut staged = vec![0f32; if in_place { 4 * width } else { 0 }];
                 let mut spare_tanh = vec![0f32; if keep { 0 } else { width }];
                 for step in 0..t {
                     let (block, xh_block) = (step * b * h, step * b * xw);
@@ -422,9 +432,19 @@ impl CustomOp3 for FusedLstmOp {
                                 ([a, b2, c2, d2], &mut spare_tanh[..])
                             }
                         };
+                        if in_place {
+                            // The row's input projection, before the gates overwrite it.
+                            for (g, gate) in g_out.iter().enumerate() {
+                                staged[g * width..][..n].copy_from_slice(gate);
+                            }
+                        }
                         simd.forward(ForwardRow {
                             recurrent: [pre_at(0), pre_at(1), pre_at(2), pre_at(3)],
-                            input: [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n]),
+                            input: if in_place {
+                                [0, 1, 2, 3].map(|g| &staged[g * width..][..n])
+                            } else {
+                                [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n])
+                            },
                             bias: [0, 1, 2, 3].map(|g| &bias[g * h + j0..][..n]),
                             c_prev: &c_prev[bi * h + j0..][..n],
                             c: c_out,
@@ -551,9 +571,12 @@ impl FusedLstmOp {
             if j < h { w[kk * ww + input + j] } else { 0.0 }
         });
 
-        // Gate pre-activation gradients, time-major [T, B, 4H].
-        // Every unit of every step's block, by the team.
-        let mut da = scratch::take(t * b * four_h);
+        // Gate pre-activation gradients, time-major [T, B, 4H], every unit of every step's block
+        // by the team. They overwrite the saved gates, which have the same layout and are read
+        // once, row by row, just before (each row staged in L1 first): a separate buffer was one
+        // more [T, B, 4H] at the peak of a step (134 MB at the CLI's default size) and a read for
+        // ownership of every line of it.
+        let mut da = gates;
         let mut dstate = vec![0f32; 2 * b * h];
         // The bias gradient, the column sums of da, gathered by each member for its units while
         // its rows are in cache (a separate pass re-read all of da: ~2 ms a layer).
@@ -573,7 +596,7 @@ impl FusedLstmOp {
             let dbias = SharedMut::new(&mut dbias);
             let per_id = SharedMut::new(&mut per_id);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
-            let (gates, tanh_c, cells) = (&gates, &tanh_c, &cells);
+            let (tanh_c, cells) = (&tanh_c, &cells);
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
@@ -583,6 +606,8 @@ impl FusedLstmOp {
                 let mut dc = vec![0f32; b * width];
                 // Per gate, this member's units of the bias gradient.
                 let mut my_dbias = vec![0f32; 4 * width];
+                // The row's gates, before their derivatives overwrite them.
+                let mut staged = vec![0f32; 4 * width];
                 for bi in 0..b {
                     let row = (bi * (t + 1) + t) * h + j0;
                     dc[bi * width..][..n].copy_from_slice(&grad[row..row + n]);
@@ -591,14 +616,18 @@ impl FusedLstmOp {
                     for bi in 0..b {
                         let gate_row = (step * b + bi) * four_h + j0;
                         let row = (step * b + bi) * h + j0;
-                        // SAFETY: member-owned units of block `step`; the others read this
-                        // block only after the barrier below.
+                        // SAFETY: member-owned units of block `step` (its saved gates, then
+                        // their derivatives); the others read this block only after the barrier
+                        // below.
                         let da_row = unsafe {
                             [0, 1, 2, 3]
                                 .map(|g| da.slice_mut(gate_row + g * h..gate_row + g * h + n))
                         };
+                        for (g, gate) in da_row.iter().enumerate() {
+                            staged[g * width..][..n].copy_from_slice(gate);
+                        }
                         simd.backward(BackwardRow {
-                            gates: [0, 1, 2, 3].map(|g| &gates[gate_row + g * h..][..n]),
+                            gates: [0, 1, 2, 3].map(|g| &staged[g * width..][..n]),
                             tanh_c: &tanh_c[row..row + n],
                             c_prev: &cells[row..row + n],
                             dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
@@ -736,9 +765,7 @@ impl FusedLstmOp {
         };
         let mut dextra = dbias;
         dextra.extend_from_slice(&dstate);
-        [da, gates, tanh_c, cells, xh]
-            .into_iter()
-            .for_each(scratch::give);
+        [da, tanh_c, cells, xh].into_iter().for_each(scratch::give);
         Ok((
             dx,
             Some(Tensor::from_vec(dw, (four_h, ww), device)?),

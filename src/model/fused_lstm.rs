@@ -337,6 +337,8 @@ impl CustomOp3 for FusedLstmOp {
         // other. Padding rows stay zero.
         let tiled = tiled_len(b, h);
         let mut h_tiles = vec![0f32; 2 * tiled];
+        // Only the AVX-512 kernel reads the tiles; the others read `xh` itself.
+        let tiles_read = self.kernel.reads_tiling(b);
         for bi in 0..b {
             for (j, &v) in extra[four_h + bi * h..][..h].iter().enumerate() {
                 h_tiles[tiled_index(bi, j, h)] = v;
@@ -466,13 +468,15 @@ impl CustomOp3 for FusedLstmOp {
                                 let at = ((first + i) * (t + 1) + step) * h + j0;
                                 out.slice_mut(at..at + n).copy_from_slice(row);
                             }
-                            let span = tiled_span(first, my.units.clone(), h);
-                            let half = ((step + 1) % 2) * tiled;
-                            store_tile(
-                                kernel,
-                                h_tiles.slice_mut(half + span.start..half + span.end),
-                                &rows[..count],
-                            );
+                            if tiles_read {
+                                let span = tiled_span(first, my.units.clone(), h);
+                                let half = ((step + 1) % 2) * tiled;
+                                store_tile(
+                                    kernel,
+                                    h_tiles.slice_mut(half + span.start..half + span.end),
+                                    &rows[..count],
+                                );
+                            }
                         }
                     }
                     barrier.wait();
@@ -588,6 +592,7 @@ impl FusedLstmOp {
         // forward pass.
         let tiled = tiled_len(b, four_h);
         let mut da_tiles = vec![0f32; 2 * tiled];
+        let tiles_read = self.kernel.reads_tiling(b);
         let threads = team_size(units);
         {
             let da_tiles = SharedMut::new(&mut da_tiles);
@@ -653,7 +658,8 @@ impl FusedLstmOp {
                             }
                         }
                     }
-                    for first in (0..b).step_by(TILE_ROWS) {
+                    // Only the AVX-512 kernel reads the tiles; the others read `da` itself.
+                    for first in (0..b).step_by(TILE_ROWS).filter(|_| tiles_read) {
                         let count = (b - first).min(TILE_ROWS);
                         for g in 0..4 {
                             let at = |bi: usize| (step * b + bi) * four_h + g * h + j0;

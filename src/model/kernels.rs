@@ -236,6 +236,12 @@ impl Kernel {
 const K_BLOCK: usize = 128;
 
 impl Kernel {
+    /// Whether [`Kernel::panel_product_tiled`] reads the tiling for `rows` rows (else `a`): a
+    /// caller that builds the tiling only for it can skip that work otherwise.
+    pub fn reads_tiling(self, rows: usize) -> bool {
+        cfg!(target_arch = "x86_64") && self.checked() == Kernel::Avx512 && rows >= 2
+    }
+
     /// [`Kernel::panel_product`] given also the tiling of `a` ([`tiled_index`]): the AVX-512
     /// kernel reads the tiling, the others read `a`. Padding rows of the tiling must be finite
     /// (their products are computed and dropped). `stream`: the caller's panels do not stay in
@@ -255,7 +261,7 @@ impl Kernel {
         ldc: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if self.checked() == Kernel::Avx512 && rows >= 2 {
+        if self.reads_tiling(rows) {
             assert!(
                 tiled.len() >= tiled_len(rows, k),
                 "panel product: tiling too short"

@@ -35,8 +35,6 @@ use super::tiling::{TILE_ROWS, store_tile, tiled_index, tiled_len, tiled_span};
 struct Saved {
     /// Activated gates i, f, g, o: `[T, B, 4H]`.
     gates: Vec<f32>,
-    /// `tanh(c_t)`: `[T, B, H]`.
-    tanh_c: Vec<f32>,
     /// `c_0 .. c_T`: `[T + 1, B, H]`.
     cells: Vec<f32>,
     /// Rows `[x_t | h_{t-1}]`: `[T + 1, B, In + H]` (block `T` holds only `h_T`); the first `T`
@@ -316,7 +314,7 @@ impl CustomOp3 for FusedLstmOp {
             (j < h).then_some(g * h + j)
         });
 
-        // Block 0 here, every unit of blocks 1..=T (cells) and 0..T (gates, tanh_c) by the team:
+        // Block 0 here, every unit of blocks 1..=T (cells) and 0..T (gates) by the team:
         // the members' shares cover all units.
         let mut cells = scratch::take((t + 1) * b * h);
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
@@ -330,7 +328,6 @@ impl CustomOp3 for FusedLstmOp {
         } else {
             (scratch::take(if keep { t * b * four_h } else { 0 }), xproj)
         };
-        let mut tanh_c = scratch::take(if keep { t * b * h } else { 0 });
 
         // h_{t-1} again as the step kernel's row tiles, double-buffered by step parity: members
         // write their units of h_t into one half while others may still read h_{t-1} from the
@@ -355,7 +352,6 @@ impl CustomOp3 for FusedLstmOp {
             let xh = SharedMut::new(&mut xh);
             let cells = SharedMut::new(&mut cells);
             let gates = SharedMut::new(&mut gates);
-            let tanh_c = SharedMut::new(&mut tanh_c);
             let (kernel, simd, xproj, panels) = (self.kernel, self.simd, &xproj, &panels);
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
@@ -364,7 +360,9 @@ impl CustomOp3 for FusedLstmOp {
                 let mut pre = vec![0f32; 4 * b * width];
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
                 let mut staged = vec![0f32; if in_place { 4 * width } else { 0 }];
-                let mut spare_tanh = vec![0f32; if keep { 0 } else { width }];
+                // tanh(c_t) is not kept: the backward pass recomputes it from c_t, bit for bit
+                // (`Simd::tanh_into`), instead of reading a [T, B, H] copy.
+                let mut spare_tanh = vec![0f32; width];
                 for step in 0..t {
                     let (block, xh_block) = (step * b * h, step * b * xw);
                     // SAFETY: block `step` of xh/cells was completed before the last barrier
@@ -404,8 +402,8 @@ impl CustomOp3 for FusedLstmOp {
                         let gate_row = (step * b + bi) * four_h + j0;
                         let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
                         // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`
-                        // (xh, cells) or `step` (gates, tanh_c); no one else writes them.
-                        let (h_out, c_out, kept_gates, kept_tanh) = unsafe {
+                        // (xh, cells) or `step` (gates); no one else writes them.
+                        let (h_out, c_out, kept_gates) = unsafe {
                             (
                                 xh.slice_mut(h_row..h_row + n),
                                 cells.slice_mut(row..row + n),
@@ -417,23 +415,18 @@ impl CustomOp3 for FusedLstmOp {
                                 } else {
                                     None
                                 },
-                                if keep {
-                                    let at = (step * b + bi) * h + j0;
-                                    Some(tanh_c.slice_mut(at..at + n))
-                                } else {
-                                    None
-                                },
                             )
                         };
-                        let (g_out, t_out) = match (kept_gates, kept_tanh) {
-                            (Some(g), Some(tc)) => (g, tc),
-                            _ => {
+                        let g_out = match kept_gates {
+                            Some(g) => g,
+                            None => {
                                 let (a, rest) = spare_gates.split_at_mut(width);
                                 let (b2, rest) = rest.split_at_mut(width);
                                 let (c2, d2) = rest.split_at_mut(width);
-                                ([a, b2, c2, d2], &mut spare_tanh[..])
+                                [a, b2, c2, d2]
                             }
                         };
+                        let t_out = &mut spare_tanh[..];
                         if in_place {
                             // The row's input projection, before the gates overwrite it.
                             for (g, gate) in g_out.iter().enumerate() {
@@ -495,16 +488,10 @@ impl CustomOp3 for FusedLstmOp {
 
         scratch::give(xproj);
         if keep {
-            *self.saved.lock().map_err(|_| poisoned("fused LSTM"))? = Some(Saved {
-                gates,
-                tanh_c,
-                cells,
-                xh,
-            });
+            *self.saved.lock().map_err(|_| poisoned("fused LSTM"))? =
+                Some(Saved { gates, cells, xh });
         } else {
-            [gates, tanh_c, cells, xh]
-                .into_iter()
-                .for_each(scratch::give);
+            [gates, cells, xh].into_iter().for_each(scratch::give);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t + 1, h))))
     }
@@ -552,12 +539,7 @@ impl FusedLstmOp {
         ids: &[u32],
         device: &candle_core::Device,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Saved {
-            gates,
-            tanh_c,
-            cells,
-            xh,
-        } = saved;
+        let Saved { gates, cells, xh } = saved;
         let Dims {
             b,
             t,
@@ -601,7 +583,7 @@ impl FusedLstmOp {
             let dbias = SharedMut::new(&mut dbias);
             let per_id = SharedMut::new(&mut per_id);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
-            let (tanh_c, cells) = (&tanh_c, &cells);
+            let cells = &cells;
             run_team(threads, |member, barrier| {
                 let my = Share::of(&d, member, threads);
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
@@ -611,8 +593,9 @@ impl FusedLstmOp {
                 let mut dc = vec![0f32; b * width];
                 // Per gate, this member's units of the bias gradient.
                 let mut my_dbias = vec![0f32; 4 * width];
-                // The row's gates, before their derivatives overwrite them.
+                // The row's gates, before their derivatives overwrite them, and tanh(c_t).
                 let mut staged = vec![0f32; 4 * width];
+                let mut tanh_c = vec![0f32; width];
                 for bi in 0..b {
                     let row = (bi * (t + 1) + t) * h + j0;
                     dc[bi * width..][..n].copy_from_slice(&grad[row..row + n]);
@@ -631,9 +614,10 @@ impl FusedLstmOp {
                         for (g, gate) in da_row.iter().enumerate() {
                             staged[g * width..][..n].copy_from_slice(gate);
                         }
+                        simd.tanh_into(&cells[row + b * h..][..n], &mut tanh_c[..n]);
                         simd.backward(BackwardRow {
                             gates: [0, 1, 2, 3].map(|g| &staged[g * width..][..n]),
-                            tanh_c: &tanh_c[row..row + n],
+                            tanh_c: &tanh_c[..n],
                             c_prev: &cells[row..row + n],
                             dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
                             dh_next: &dh_next[bi * width..][..n],
@@ -771,7 +755,7 @@ impl FusedLstmOp {
         };
         let mut dextra = dbias;
         dextra.extend_from_slice(&dstate);
-        [da, tanh_c, cells, xh].into_iter().for_each(scratch::give);
+        [da, cells, xh].into_iter().for_each(scratch::give);
         Ok((
             dx,
             Some(Tensor::from_vec(dw, (four_h, ww), device)?),

@@ -181,6 +181,21 @@ impl Simd {
         }
     }
 
+    /// `out[j] = tanh(c[j])` exactly as [`Simd::forward`] computes `tanh(c_t)` on this
+    /// instruction set (the same bits), so the backward pass recomputes it from the kept cell
+    /// states instead of keeping a `[T, B, H]` copy of it.
+    pub fn tanh_into(self, c: &[f32], out: &mut [f32]) {
+        assert_eq!(c.len(), out.len(), "tanh: lengths differ");
+        match self {
+            // SAFETY: `detect` chose these only where the CPU has the features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { tanh_avx512(c, out) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { tanh_avx2(c, out) },
+            _ => tanh_impl::<PORTABLE_FUSED>(c, out),
+        }
+    }
+
     pub fn backward(self, row: BackwardRow) {
         match self {
             // SAFETY: `detect` chose these only where the CPU has the features.
@@ -371,6 +386,42 @@ unsafe fn backward_avx2(row: BackwardRow) {
     backward_impl(row)
 }
 
+#[inline(always)]
+fn tanh_impl<const FUSED: bool>(c: &[f32], out: &mut [f32]) {
+    for (t, &x) in out.iter_mut().zip(c) {
+        *t = tanh_with::<FUSED>(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tanh_avx2(c: &[f32], out: &mut [f32]) {
+    tanh_impl::<true>(c, out)
+}
+
+/// # Safety
+/// AVX-512F present; `c` and `out` of equal length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tanh_avx512(c: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len().min(c.len());
+    let mut j = 0;
+    while j < n {
+        let mask: __mmask16 = if n - j >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j)) - 1
+        };
+        // SAFETY: the mask covers only lanes j .. min(j + 16, n), within both slices.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, c.as_ptr().add(j));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(j), mask, tanh16(x));
+        }
+        j += 16;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +574,11 @@ mod tests {
                 close(t[j], t_ref, "tanh c", simd);
                 close(h[j], h_ref, "h", simd);
             }
+            // The backward pass recomputes tanh(c_t): it must be the forward's, bit for bit.
+            let mut again = vec![f32::NAN; n];
+            simd.tanh_into(&c, &mut again);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&again), bits(&t), "{simd:?} tanh(c) recomputed");
         }
         // The backward pass: gate derivatives and the carried cell gradient.
         let gates = [v(1.5), v(1.6), v(1.7), v(1.8)]

@@ -270,12 +270,7 @@ unsafe fn forward_avx512(row: ForwardRow) {
     );
     let mut j = 0;
     while j < n {
-        // All 16 lanes, or the first n - j of them.
-        let mask: __mmask16 = if n - j >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - j)) - 1
-        };
+        let mask = lanes_left(n - j);
         // SAFETY: every slice holds n values (sliced above) and the mask covers only lanes
         // j .. min(j + 16, n); AVX-512F is present (this function's target feature).
         unsafe {
@@ -344,6 +339,17 @@ fn recip16(d: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
 }
 
+/// The mask of a 16-lane pass with `left` values to go: all lanes, or the first `left`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn lanes_left(left: usize) -> std::arch::x86_64::__mmask16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        (1u16 << left) - 1
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -408,11 +414,7 @@ unsafe fn tanh_avx512(c: &[f32], out: &mut [f32]) {
     let n = out.len().min(c.len());
     let mut j = 0;
     while j < n {
-        let mask: __mmask16 = if n - j >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - j)) - 1
-        };
+        let mask = lanes_left(n - j);
         // SAFETY: the mask covers only lanes j .. min(j + 16, n), within both slices.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, c.as_ptr().add(j));

@@ -427,19 +427,15 @@ impl CustomOp3 for FusedLstmOp {
                             }
                         };
                         let t_out = &mut spare_tanh[..];
-                        if in_place {
+                        let input = if in_place {
                             // The row's input projection, before the gates overwrite it.
-                            for (g, gate) in g_out.iter().enumerate() {
-                                staged[g * width..][..n].copy_from_slice(gate);
-                            }
-                        }
+                            stage(&g_out, &mut staged)
+                        } else {
+                            [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n])
+                        };
                         simd.forward(ForwardRow {
                             recurrent: [pre_at(0), pre_at(1), pre_at(2), pre_at(3)],
-                            input: if in_place {
-                                [0, 1, 2, 3].map(|g| &staged[g * width..][..n])
-                            } else {
-                                [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n])
-                            },
+                            input,
                             bias: [0, 1, 2, 3].map(|g| &bias[g * h + j0..][..n]),
                             c_prev: &c_prev[bi * h + j0..][..n],
                             c: c_out,
@@ -611,12 +607,10 @@ impl FusedLstmOp {
                             [0, 1, 2, 3]
                                 .map(|g| da.slice_mut(gate_row + g * h..gate_row + g * h + n))
                         };
-                        for (g, gate) in da_row.iter().enumerate() {
-                            staged[g * width..][..n].copy_from_slice(gate);
-                        }
+                        let gates = stage(&da_row, &mut staged);
                         simd.tanh_into(&cells[row + b * h..][..n], &mut tanh_c[..n]);
                         simd.backward(BackwardRow {
-                            gates: [0, 1, 2, 3].map(|g| &staged[g * width..][..n]),
+                            gates,
                             tanh_c: &tanh_c[..n],
                             c_prev: &cells[row..row + n],
                             dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
@@ -762,6 +756,18 @@ impl FusedLstmOp {
             Some(Tensor::from_vec(dextra, 4 * h + 2 * b * h, device)?),
         ))
     }
+}
+
+/// Copies a row's four gate segments into `staged` (four blocks of its length or more) and
+/// returns them there: a pass that overwrites the row in place reads them from the copy.
+fn stage<'a>(row: &[&mut [f32]; 4], staged: &'a mut [f32]) -> [&'a [f32]; 4] {
+    let n = row[0].len();
+    let width = staged.len() / 4;
+    for (segment, block) in row.iter().zip(staged.chunks_exact_mut(width)) {
+        block[..n].copy_from_slice(segment);
+    }
+    let staged = &*staged;
+    [0, 1, 2, 3].map(|g| &staged[g * width..][..n])
 }
 
 /// Whether a member's `panels` panels of depth `k` outgrow a core's L2 (1-2 MB on current x86

@@ -137,20 +137,6 @@ fn check_bounds(a: usize, lda: usize, rows: usize, panel: usize, k: usize, c: us
     );
 }
 
-impl Kernel {
-    /// `y += x`, on this kernel's instruction set: the team members' gradient sums run inside
-    /// closures compiled for the baseline (SSE) otherwise.
-    pub fn add_to(self, x: &[f32], y: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if self.checked() == Kernel::Avx512 {
-            // SAFETY: AVX-512 is present (`checked`); the body is safe code.
-            unsafe { x86::add_avx512(x, y) };
-            return;
-        }
-        axpy(1.0, x, y);
-    }
-}
-
 /// Which implementation multiplies by a panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -236,6 +222,18 @@ impl Kernel {
 const K_BLOCK: usize = 128;
 
 impl Kernel {
+    /// `y += x`, on this kernel's instruction set: the team members' gradient sums run inside
+    /// closures compiled for the baseline (SSE) otherwise.
+    pub fn add_to(self, x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.checked() == Kernel::Avx512 {
+            // SAFETY: AVX-512 is present (`checked`); the body is safe code.
+            unsafe { x86::add_avx512(x, y) };
+            return;
+        }
+        axpy(1.0, x, y);
+    }
+
     /// Whether [`Kernel::panel_product_tiled`] reads the tiling for `rows` rows (else `a`): a
     /// caller that builds the tiling only for it can skip that work otherwise.
     pub fn reads_tiling(self, rows: usize) -> bool {

@@ -51,7 +51,7 @@ pub enum BenchCommand {
         #[arg(long)]
         tf32: bool,
         /// Also print each row's forward, backward and optimizer milliseconds (synchronising
-        /// between them).
+        /// between them), and the CPU thread team's barrier waits per step.
         #[arg(long)]
         phases: bool,
     },

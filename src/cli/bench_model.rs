@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{LSTMConfig, RNN};
 use candle_nn::{Module, VarBuilder, VarMap};
 
+use crate::model::team_waits::WaitTotals;
 use crate::model::{ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, WeightPrecision};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -75,6 +76,8 @@ impl Baseline {
 struct Timing {
     tokens_per_s: f64,
     phases_ms: Option<[f64; 3]>,
+    /// With `phases`: the team barrier waits of all timed steps.
+    waits: Option<WaitTotals>,
 }
 
 /// Median training tokens/s of one model over `iters` timed steps (after one warm-up step). On
@@ -104,7 +107,12 @@ fn time_training(
         *from = Instant::now();
         Ok(ms)
     };
+    crate::model::team_waits::keep(phases);
+    let mut waits_from = None;
     for i in 0..iters + 1 {
+        if i == 1 {
+            waits_from = Some(crate::model::team_waits::totals());
+        }
         let ids = random_ids(s.batch * (s.seq + 1), &mut rng);
         let inputs: Vec<u32> = ids
             .chunks(s.seq + 1)
@@ -132,10 +140,33 @@ fn time_training(
         }
     }
     let phases_ms = phases.then(|| split.map(median));
+    let waits = waits_from
+        .filter(|_| phases)
+        .map(|from| crate::model::team_waits::totals().since(from));
+    crate::model::team_waits::keep(false);
     Ok(Timing {
         tokens_per_s: (s.batch * s.seq) as f64 / median(times),
         phases_ms,
+        waits,
     })
+}
+
+/// One line on the team barrier waits of `steps` training steps: their wall time per step and,
+/// where known, the part the waiting threads spent off the CPU.
+fn describe_waits(waits: WaitTotals, steps: usize) -> String {
+    let per_step_ms = waits.wall.as_secs_f64() * 1e3 / steps.max(1) as f64;
+    let off_cpu = waits.on_cpu.map_or(String::new(), |on_cpu| {
+        let wall = waits.wall.as_secs_f64();
+        let off = (wall - on_cpu.as_secs_f64()).max(0.0);
+        format!(
+            ", {:.0}% of it with the waiting thread off the CPU",
+            100.0 * off / wall.max(f64::MIN_POSITIVE)
+        )
+    });
+    format!(
+        "team barrier waits {per_step_ms:.2} ms per step (summed over the members, {} waits){off_cpu}",
+        waits.waits / steps.max(1) as u64
+    )
 }
 
 fn reference_config(s: &Sizes, kind: ModelKind) -> ModelConfig {
@@ -330,6 +361,9 @@ pub fn bench_train(
                 "  {:<24} forward + loss {forward:.2} ms, backward {backward:.2} ms, optimizer {optimizer:.2} ms",
                 ""
             );
+        }
+        if let Some(waits) = timing.waits.filter(|w| w.waits > 0) {
+            println!("  {:<24} {}", "", describe_waits(waits, iters));
         }
         if kind == ModelKind::Lstm && recurrence == Recurrence::Auto && ours {
             lstm_rate = Some(tokens_per_s);

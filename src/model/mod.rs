@@ -32,6 +32,7 @@ mod output_loss;
 mod scratch;
 mod stepper;
 mod team;
+pub mod team_waits;
 mod tiling;
 
 pub use attention::{AttentionCache, LocalAttention};

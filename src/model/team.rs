@@ -39,6 +39,7 @@ impl SpinBarrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
+        let stopwatch = super::team_waits::Stopwatch::start();
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
             if self.broken.load(Ordering::Relaxed) {
@@ -51,6 +52,7 @@ impl SpinBarrier {
                 std::thread::yield_now();
             }
         }
+        stopwatch.stop();
     }
 }
 
@@ -143,6 +145,7 @@ impl<'a> SharedMut<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::team_waits;
     use super::*;
     use std::sync::atomic::AtomicU64;
 
@@ -173,6 +176,32 @@ mod tests {
             })
         });
         assert!(outcome.is_err());
+    }
+
+    #[test]
+    fn the_wait_ledger_counts_a_late_partner() {
+        // Other tests' teams may add to the ledger while it is on: only lower bounds hold.
+        let before = team_waits::totals();
+        team_waits::keep(true);
+        run_team(2, |member, barrier| {
+            if member == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+            barrier.wait();
+        });
+        team_waits::keep(false);
+        let added = team_waits::totals().since(before);
+        assert!(added.waits >= 1, "{added:?}");
+        assert!(
+            added.wall >= std::time::Duration::from_millis(25),
+            "{added:?}"
+        );
+        if let Some(on_cpu) = added.on_cpu {
+            assert!(
+                on_cpu <= added.wall + std::time::Duration::from_millis(5),
+                "{added:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use common::max_rel_err;
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use echoai::model::{
-    LstmStack, LstmState, ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, WeightPrecision,
+    FusedLstmOp, LayerInput, LstmStack, LstmState, ModelConfig, ModelKind, MusicModel, Recurrence,
+    Stepper, TeamSplit, WeightPrecision,
 };
 
 const FIXTURE: &str = "tests/fixtures/lstm_parity.safetensors";
@@ -639,4 +640,48 @@ fn the_shapes_a_checkpoint_is_checked_against_are_the_models_own() {
     };
     let err = huge.validate().unwrap_err();
     assert!(err.contains("weights"), "{err}");
+}
+
+#[test]
+fn the_forward_team_gives_the_same_bits_split_by_rows_or_by_units() {
+    // Batches of one tile, of whole tiles and of a ragged last tile; hidden sizes of one panel
+    // and of ragged ones; vector and stacked (h with its cell-state row) inputs.
+    for &(batch, time, input, hidden, kind) in &[
+        (5, 3, 6, 10, LayerInput::Dense),
+        (16, 7, 6, 70, LayerInput::Dense),
+        (21, 5, 9, 40, LayerInput::Dense),
+        (24, 4, 12, 33, LayerInput::Stacked),
+    ] {
+        let mut rng = echoai::rng::Rng::new(batch as u64 * 7 + hidden as u64);
+        let mut rand = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let steps = if kind == LayerInput::Stacked {
+            time + 1
+        } else {
+            time
+        };
+        let x = rand(&[batch, steps, input]);
+        let w = rand(&[4 * hidden, input + hidden]);
+        let extra = rand(&[4 * hidden + 2 * batch * hidden]);
+        let outputs: Vec<Vec<u32>> = [TeamSplit::Units, TeamSplit::Rows]
+            .into_iter()
+            .map(|split| {
+                let op = FusedLstmOp::new(false, kind).with_team_split(split);
+                let out = x.apply_op3(&w, &extra, op).unwrap();
+                assert_eq!(out.dims(), &[batch, time + 1, hidden]);
+                out.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(outputs[0], outputs[1], "b={batch} t={time} h={hidden}");
+        assert!(outputs[0].iter().any(|&bits| bits != 0));
+    }
 }

@@ -62,6 +62,7 @@ pub enum LayerInput {
 
 pub struct FusedLstmOp {
     keep_for_backward: bool,
+    split: TeamSplit,
     input_kind: LayerInput,
     kernel: Kernel,
     simd: Simd,
@@ -75,12 +76,55 @@ impl FusedLstmOp {
     pub fn new(keep_for_backward: bool, input_kind: LayerInput) -> Self {
         FusedLstmOp {
             keep_for_backward,
+            split: TeamSplit::Auto,
             input_kind,
             kernel: Kernel::detect(),
             simd: Simd::detect(),
             saved: Mutex::new(None),
             #[cfg(feature = "cuda")]
             saved_cuda: Mutex::new(None),
+        }
+    }
+
+    /// The op with the forward pass's team divided as `split` says (tests compare the two).
+    pub fn with_team_split(mut self, split: TeamSplit) -> Self {
+        self.split = split;
+        self
+    }
+}
+
+/// How the forward pass's thread team divides a step. Both give the same bits: every output is
+/// the same kernel's sum over the same `k`, by whichever member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TeamSplit {
+    /// By rows where that keeps as many members busy as by units and the weights allow it.
+    #[default]
+    Auto,
+    /// Each member owns some hidden units of every row; the members meet after every step.
+    Units,
+    /// Each member owns whole 8-row tiles of the batch and every unit: a sequence's rows depend
+    /// only on themselves, so the members never wait for each other, and no member reads what
+    /// another just wrote. Each then streams all of `W_hh`, not its share.
+    Rows,
+}
+
+impl TeamSplit {
+    /// Whether the forward pass of `b` rows and `h` units divides by rows, given the team that
+    /// dividing by units would have.
+    fn forward_by_rows(self, b: usize, h: usize, unit_threads: usize) -> bool {
+        match self {
+            TeamSplit::Units => false,
+            TeamSplit::Rows => true,
+            TeamSplit::Auto => {
+                // Measured (docs/BENCHMARKS.md, issue 14 fifth pass): rows won where each member
+                // has 16 rows or more (the CLI's 32 x 512) or all of W_hh is 1 MB or less (the
+                // bundled H256); at 8 rows a member with a 4 MB W_hh (H512) is bound by L3.
+                let tiles = b.div_ceil(TILE_ROWS);
+                let weights = 4 * h * h * std::mem::size_of::<f32>();
+                unit_threads > 1
+                    && tiles >= unit_threads
+                    && (b / unit_threads >= 2 * TILE_ROWS || weights <= 1 << 20)
+            }
         }
     }
 }
@@ -345,7 +389,12 @@ impl CustomOp3 for FusedLstmOp {
         // (while they are in L1) and of c_T; a pass after the team re-read all of xh from
         // memory.
         let mut out = vec![0f32; b * (t + 1) * h];
-        let threads = team_size(units);
+        let by_rows = self.split.forward_by_rows(b, h, team_size(units));
+        let threads = if by_rows {
+            team_size(b.div_ceil(TILE_ROWS))
+        } else {
+            team_size(units)
+        };
         {
             let out = SharedMut::new(&mut out);
             let h_tiles = SharedMut::new(&mut h_tiles);
@@ -354,10 +403,20 @@ impl CustomOp3 for FusedLstmOp {
             let gates = SharedMut::new(&mut gates);
             let (kernel, simd, xproj, panels) = (self.kernel, self.simd, &xproj, &panels);
             run_team(threads, |member, barrier| {
-                let my = Share::of(&d, member, threads);
+                // By rows: whole tiles of the batch, every unit; by units: every row, some units.
+                let (my, rows) = if by_rows {
+                    let tiles = share(b.div_ceil(TILE_ROWS), member, threads);
+                    (
+                        Share::of(&d, 0, 1),
+                        tiles.start * TILE_ROWS..(tiles.end * TILE_ROWS).min(b),
+                    )
+                } else {
+                    (Share::of(&d, member, threads), 0..b)
+                };
+                let (r0, mb) = (rows.start, rows.len());
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
                 let stream = streams_from_l3(4 * my.panels.len(), h);
-                let mut pre = vec![0f32; 4 * b * width];
+                let mut pre = vec![0f32; 4 * mb * width];
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
                 let mut staged = vec![0f32; if in_place { 4 * width } else { 0 }];
                 // tanh(c_t) is not kept: the backward pass recomputes it from c_t, bit for bit
@@ -365,25 +424,30 @@ impl CustomOp3 for FusedLstmOp {
                 let mut spare_tanh = vec![0f32; width];
                 for step in 0..t {
                     let (block, xh_block) = (step * b * h, step * b * xw);
-                    // SAFETY: block `step` of xh/cells was completed before the last barrier
-                    // (or is the initial state); this step writes only block `step + 1`.
+                    let half = (step % 2) * tiled;
+                    // SAFETY: the member's rows of block `step` of xh/cells and of its tiles were
+                    // completed before the last barrier (by units) or by this member itself (by
+                    // rows), or are the initial state; this step writes only block `step + 1`
+                    // and the other half of the tiles. By rows, no one else touches these rows.
                     let (h_prev, c_prev, h_prev_tiles) = unsafe {
                         (
-                            xh.slice(xh_block + x_width..xh_block + b * xw),
-                            cells.slice(block..block + b * h),
-                            h_tiles.slice((step % 2) * tiled..(step % 2 + 1) * tiled),
+                            xh.slice(xh_block + r0 * xw + x_width..xh_block + rows.end * xw),
+                            cells.slice(block + r0 * h..block + rows.end * h),
+                            h_tiles.slice(
+                                half + r0 * h..half + rows.end.div_ceil(TILE_ROWS) * TILE_ROWS * h,
+                            ),
                         )
                     };
                     for g in 0..4 {
                         for (q, u) in my.panels.clone().enumerate() {
-                            let out = &mut pre[g * b * width + q * PANEL..];
+                            let out = &mut pre[g * mb * width + q * PANEL..];
                             let panel = panels.panel(g * units + u);
                             kernel.panel_product_tiled(
                                 stream,
                                 h_prev_tiles,
                                 h_prev,
                                 xw,
-                                b,
+                                mb,
                                 panel,
                                 h,
                                 out,
@@ -391,7 +455,7 @@ impl CustomOp3 for FusedLstmOp {
                             );
                         }
                     }
-                    for bi in 0..b {
+                    for bi in rows.clone() {
                         let row = block + b * h + bi * h + j0;
                         let h_row = xh_block + b * xw + bi * xw + x_width + j0;
                         // Ids were checked against the vocabulary above.
@@ -400,9 +464,10 @@ impl CustomOp3 for FusedLstmOp {
                             None => (step * b + bi) * four_h + j0,
                         };
                         let gate_row = (step * b + bi) * four_h + j0;
-                        let pre_at = |g: usize| &pre[g * b * width + bi * width..][..n];
-                        // SAFETY: member-owned units j0..j0+n of row `bi` in block `step + 1`
-                        // (xh, cells) or `step` (gates); no one else writes them.
+                        let pre_at = |g: usize| &pre[g * mb * width + (bi - r0) * width..][..n];
+                        // SAFETY: member-owned units j0..j0+n of row `bi` (a member-owned row, by
+                        // rows) in block `step + 1` (xh, cells) or `step` (gates); no one else
+                        // writes them.
                         let (h_out, c_out, kept_gates) = unsafe {
                             (
                                 xh.slice_mut(h_row..h_row + n),
@@ -437,19 +502,19 @@ impl CustomOp3 for FusedLstmOp {
                             recurrent: [pre_at(0), pre_at(1), pre_at(2), pre_at(3)],
                             input,
                             bias: [0, 1, 2, 3].map(|g| &bias[g * h + j0..][..n]),
-                            c_prev: &c_prev[bi * h + j0..][..n],
+                            c_prev: &c_prev[(bi - r0) * h + j0..][..n],
                             c: c_out,
                             h: h_out,
                             gates: g_out,
                             tanh_c: t_out,
                         });
                     }
-                    for first in (0..b).step_by(TILE_ROWS) {
-                        let count = (b - first).min(TILE_ROWS);
+                    for first in rows.clone().step_by(TILE_ROWS) {
+                        let count = (rows.end - first).min(TILE_ROWS);
                         let h_row = |bi: usize| xh_block + b * xw + bi * xw + x_width + j0;
-                        // SAFETY: the member's own units of rows `first..first + count` of
-                        // h_{step+1}, written above, and their part of the half of the tiles no
-                        // one reads during this step and of the output's rows.
+                        // SAFETY: the member's own units of rows `first..first + count` (its own
+                        // rows, by rows) of h_{step+1}, written above, and their part of the half
+                        // of the tiles no one reads during this step and of the output's rows.
                         unsafe {
                             let mut rows: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
                             for (i, row) in rows.iter_mut().take(count).enumerate() {
@@ -468,9 +533,12 @@ impl CustomOp3 for FusedLstmOp {
                             }
                         }
                     }
-                    barrier.wait();
+                    // A member that owns whole rows reads only its own rows' h_t: nothing to wait for.
+                    if !by_rows {
+                        barrier.wait();
+                    }
                 }
-                for bi in 0..b {
+                for bi in rows.clone() {
                     let (from, to) = ((t * b + bi) * h + j0, (bi * (t + 1) + t) * h + j0);
                     // SAFETY: the member's own units of c_T (written by it, or the initial state
                     // when t = 0) and of the output's last row.

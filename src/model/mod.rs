@@ -37,7 +37,7 @@ mod tiling;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
-pub use fused_lstm::{FusedLstmOp, LayerInput};
+pub use fused_lstm::{FusedLstmOp, LayerInput, TeamSplit};
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, Sequence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 

@@ -116,9 +116,10 @@ impl TeamSplit {
             TeamSplit::Units => false,
             TeamSplit::Rows => true,
             TeamSplit::Auto => {
-                // Measured (docs/BENCHMARKS.md, issue 14 fifth pass): rows won where each member
-                // has 16 rows or more (the CLI's 32 x 512) or all of W_hh is 1 MB or less (the
-                // bundled H256); at 8 rows a member with a 4 MB W_hh (H512) is bound by L3.
+                // docs/BENCHMARKS.md, issue 14 fifth pass: without the barrier the bundled size's
+                // forward took 0.90x the time (median of five pairs); 8 rows streaming a 4 MB
+                // W_hh (H512) ran the kernel at ~0.85x, too slow to gain. 16 rows per member
+                // read each weight as often as the split by units does at B16.
                 let tiles = b.div_ceil(TILE_ROWS);
                 let weights = 4 * h * h * std::mem::size_of::<f32>();
                 unit_threads > 1

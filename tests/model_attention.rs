@@ -136,15 +136,7 @@ fn gradients_repeat_bit_for_bit_at_a_batch_of_many_sequences() {
             .unwrap();
         let grads = loss.backward().unwrap();
         let vars = varmap.data().lock().unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
+        let bits = common::bits;
         let mut all = bits(&loss);
         for name in &names {
             all.extend(bits(grads.get(vars[name].as_tensor()).unwrap()));

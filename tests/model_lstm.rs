@@ -672,13 +672,7 @@ fn the_forward_team_gives_the_same_bits_split_by_rows_or_by_units() {
                 let op = FusedLstmOp::new(false, kind).with_team_split(split);
                 let out = x.apply_op3(&w, &extra, op).unwrap();
                 assert_eq!(out.dims(), &[batch, time + 1, hidden]);
-                out.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
+                common::bits(&out)
             })
             .collect();
         assert_eq!(outputs[0], outputs[1], "b={batch} t={time} h={hidden}");

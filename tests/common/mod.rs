@@ -59,6 +59,12 @@ pub fn assert_close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() < 1e-9, "{what}: {a} != {b}");
 }
 
+/// A tensor's f32 values as bits, flattened: for comparisons that must be exact.
+pub fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
 /// Every tensor of a safetensors file in a checkpoint folder, as bits, sorted by name: for
 /// comparisons that must be exact.
 pub fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)> {
@@ -67,8 +73,8 @@ pub fn tensor_bits(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)>
     let mut all: Vec<(String, Vec<u32>)> = tensors
         .into_iter()
         .map(|(name, t)| {
-            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (name, values.iter().map(|v| v.to_bits()).collect())
+            let values = bits(&t);
+            (name, values)
         })
         .collect();
     all.sort();

@@ -110,7 +110,7 @@ fn time_training(
     crate::model::team_waits::keep(phases);
     let mut waits_from = None;
     for i in 0..iters + 1 {
-        if i == 1 {
+        if i == 1 && phases {
             waits_from = Some(crate::model::team_waits::totals());
         }
         let ids = random_ids(s.batch * (s.seq + 1), &mut rng);
@@ -140,9 +140,7 @@ fn time_training(
         }
     }
     let phases_ms = phases.then(|| split.map(median));
-    let waits = waits_from
-        .filter(|_| phases)
-        .map(|from| crate::model::team_waits::totals().since(from));
+    let waits = waits_from.map(|from| crate::model::team_waits::totals().since(from));
     crate::model::team_waits::keep(false);
     Ok(Timing {
         tokens_per_s: (s.batch * s.seq) as f64 / median(times),

@@ -390,9 +390,10 @@ impl CustomOp3 for FusedLstmOp {
         // (while they are in L1) and of c_T; a pass after the team re-read all of xh from
         // memory.
         let mut out = vec![0f32; b * (t + 1) * h];
+        let row_tiles = b.div_ceil(TILE_ROWS);
         let by_rows = self.split.forward_by_rows(b, h, team_size(units));
         let threads = if by_rows {
-            team_size(b.div_ceil(TILE_ROWS))
+            team_size(row_tiles)
         } else {
             team_size(units)
         };
@@ -406,7 +407,7 @@ impl CustomOp3 for FusedLstmOp {
             run_team(threads, |member, barrier| {
                 // By rows: whole tiles of the batch, every unit; by units: every row, some units.
                 let (my, rows) = if by_rows {
-                    let tiles = share(b.div_ceil(TILE_ROWS), member, threads);
+                    let tiles = share(row_tiles, member, threads);
                     (
                         Share::of(&d, 0, 1),
                         tiles.start * TILE_ROWS..(tiles.end * TILE_ROWS).min(b),
@@ -434,9 +435,7 @@ impl CustomOp3 for FusedLstmOp {
                         (
                             xh.slice(xh_block + r0 * xw + x_width..xh_block + rows.end * xw),
                             cells.slice(block + r0 * h..block + rows.end * h),
-                            h_tiles.slice(
-                                half + r0 * h..half + rows.end.div_ceil(TILE_ROWS) * TILE_ROWS * h,
-                            ),
+                            h_tiles.slice(half + tiled_len(r0, h)..half + tiled_len(rows.end, h)),
                         )
                     };
                     for g in 0..4 {

@@ -679,3 +679,68 @@ fn the_forward_team_gives_the_same_bits_split_by_rows_or_by_units() {
         assert!(outputs[0].iter().any(|&bits| bits != 0));
     }
 }
+
+#[test]
+fn the_backward_team_gives_the_same_bits_split_by_rows_or_by_units() {
+    // As the forward test, plus event ids, whose per-id sums are gathered in another place by
+    // each split; the gradients of every input must match bit for bit.
+    for &(batch, time, input, hidden, kind) in &[
+        (5, 3, 6, 10, LayerInput::Dense),
+        (16, 7, 6, 70, LayerInput::Dense),
+        (21, 5, 9, 40, LayerInput::Dense),
+        (24, 4, 12, 33, LayerInput::Stacked),
+        (19, 6, 11, 48, LayerInput::Ids),
+    ] {
+        let mut rng = echoai::rng::Rng::new(batch as u64 * 13 + hidden as u64);
+        let mut rand = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let x = match kind {
+            LayerInput::Dense => rand(&[batch, time, input]),
+            LayerInput::Stacked => rand(&[batch, time + 1, input]),
+            // Ids repeat, so that the per-id sums add several rows.
+            LayerInput::Ids => {
+                let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % input) as u32).collect();
+                Tensor::from_vec(ids, (batch, time), &Device::Cpu).unwrap()
+            }
+        };
+        let w = rand(&[4 * hidden, input + hidden]);
+        let extra = rand(&[4 * hidden + 2 * batch * hidden]);
+        let weights = rand(&[batch, time + 1, hidden]);
+        let dense = kind != LayerInput::Ids;
+        let grads: Vec<Vec<Vec<u32>>> = [TeamSplit::Units, TeamSplit::Rows]
+            .into_iter()
+            .map(|split| {
+                let x = if dense {
+                    Var::from_tensor(&x).unwrap().as_tensor().clone()
+                } else {
+                    x.clone()
+                };
+                let (w, extra) = (
+                    Var::from_tensor(&w).unwrap(),
+                    Var::from_tensor(&extra).unwrap(),
+                );
+                let op = FusedLstmOp::new(true, kind).with_team_split(split);
+                let out = x.apply_op3(w.as_tensor(), extra.as_tensor(), op).unwrap();
+                let loss = (out * &weights).unwrap().sum_all().unwrap();
+                let store = loss.backward().unwrap();
+                let mut of = vec![w.as_tensor(), extra.as_tensor()];
+                if dense {
+                    of.push(&x);
+                }
+                of.into_iter()
+                    .map(|v| common::bits(store.get(v).expect("a gradient")))
+                    .collect()
+            })
+            .collect();
+        for (which, (units, rows)) in grads[0].iter().zip(&grads[1]).enumerate() {
+            assert_eq!(
+                units, rows,
+                "gradient {which}, {kind:?} b={batch} h={hidden}"
+            );
+            assert!(units.iter().any(|&bits| bits != 0));
+        }
+    }
+}

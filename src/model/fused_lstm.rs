@@ -6,12 +6,12 @@
 //! even the differentiated input projection cost as much as the recurrence in a measured
 //! training step. Here:
 //! - forward: one GEMM `x W_ih^T` for all steps; per step, on a team of threads that each own a
-//!   slice of the hidden units (see [`super::team`]), the product `h_{t-1} W_hh^T` for their
-//!   gate columns on weights packed once ([`super::kernels`]) and one vectorised pass over
-//!   their gates ([`super::gates`]), then one barrier;
-//! - backward: per step, the gate derivatives of a member's units, a barrier, and the product
-//!   `da_t W_hh` for its units; then `[dW_ih | dW_hh]` (one GEMM over the rows `[x_t | h_{t-1}]`),
-//!   the bias and `dx` as single large GEMMs over all steps.
+//!   slice of the hidden units or whole tiles of the batch ([`TeamSplit`], [`super::team`]), the
+//!   product `h_{t-1} W_hh^T` for their part on weights packed once ([`super::kernels`]) and one
+//!   vectorised pass over their gates ([`super::gates`]), then (by units) one barrier;
+//! - backward: per step, the gate derivatives of a member's part, (by units) a barrier, and the
+//!   product `da_t W_hh` for its part; then `[dW_ih | dW_hh]` (one GEMM over the rows
+//!   `[x_t | h_{t-1}]`), the bias and `dx` as single large GEMMs over all steps.
 //!
 //! Inputs: `x [B, T, In]`; `w [4H, In + H]` = `W_ih | W_hh` (gate order i, f, g, o as
 //! PyTorch); `extra [4H + 2 B H]` = the summed bias, `h_0 [B, H]`, `c_0 [B, H]`. Layer 0 may
@@ -93,8 +93,9 @@ impl FusedLstmOp {
     }
 }
 
-/// How the forward pass's thread team divides a step. Both give the same bits: every output is
-/// the same kernel's sum over the same `k`, by whichever member.
+/// How the thread team divides a step, forward and backward. Both give the same bits: every
+/// output is the same kernel's sum over the same `k`, by whichever member, and the backward
+/// pass's sums over rows run in the same order either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TeamSplit {
     /// By rows where that keeps as many members busy as by units and the weights allow it.
@@ -109,9 +110,9 @@ pub enum TeamSplit {
 }
 
 impl TeamSplit {
-    /// Whether the forward pass of `b` rows and `h` units divides by rows, given the team that
-    /// dividing by units would have.
-    fn forward_by_rows(self, b: usize, h: usize, unit_threads: usize) -> bool {
+    /// Whether a pass over `b` rows and `h` units divides by rows, given the team that dividing
+    /// by units would have.
+    fn by_rows(self, b: usize, h: usize, unit_threads: usize) -> bool {
         match self {
             TeamSplit::Units => false,
             TeamSplit::Rows => true,
@@ -221,6 +222,36 @@ impl Share {
     /// Padded width of the member's per-gate scratch rows.
     fn width(&self) -> usize {
         self.panels.len() * PANEL
+    }
+}
+
+/// How one pass's team divides the work: its size, and each member's units and rows.
+struct TeamPlan {
+    by_rows: bool,
+    threads: usize,
+}
+
+impl TeamPlan {
+    fn of(split: TeamSplit, d: &Dims) -> TeamPlan {
+        let unit_threads = team_size(d.unit_panels());
+        let by_rows = split.by_rows(d.b, d.h, unit_threads);
+        let threads = if by_rows {
+            team_size(d.b.div_ceil(TILE_ROWS))
+        } else {
+            unit_threads
+        };
+        TeamPlan { by_rows, threads }
+    }
+
+    /// By rows: whole tiles of the batch and every unit; by units: some units of every row.
+    fn member(&self, d: &Dims, member: usize) -> (Share, std::ops::Range<usize>) {
+        if self.by_rows {
+            let tiles = share(d.b.div_ceil(TILE_ROWS), member, self.threads);
+            let rows = tiles.start * TILE_ROWS..(tiles.end * TILE_ROWS).min(d.b);
+            (Share::of(d, 0, 1), rows)
+        } else {
+            (Share::of(d, member, self.threads), 0..d.b)
+        }
     }
 }
 
@@ -390,13 +421,8 @@ impl CustomOp3 for FusedLstmOp {
         // (while they are in L1) and of c_T; a pass after the team re-read all of xh from
         // memory.
         let mut out = vec![0f32; b * (t + 1) * h];
-        let row_tiles = b.div_ceil(TILE_ROWS);
-        let by_rows = self.split.forward_by_rows(b, h, team_size(units));
-        let threads = if by_rows {
-            team_size(row_tiles)
-        } else {
-            team_size(units)
-        };
+        let plan = TeamPlan::of(self.split, &d);
+        let by_rows = plan.by_rows;
         {
             let out = SharedMut::new(&mut out);
             let h_tiles = SharedMut::new(&mut h_tiles);
@@ -404,17 +430,8 @@ impl CustomOp3 for FusedLstmOp {
             let cells = SharedMut::new(&mut cells);
             let gates = SharedMut::new(&mut gates);
             let (kernel, simd, xproj, panels) = (self.kernel, self.simd, &xproj, &panels);
-            run_team(threads, |member, barrier| {
-                // By rows: whole tiles of the batch, every unit; by units: every row, some units.
-                let (my, rows) = if by_rows {
-                    let tiles = share(row_tiles, member, threads);
-                    (
-                        Share::of(&d, 0, 1),
-                        tiles.start * TILE_ROWS..(tiles.end * TILE_ROWS).min(b),
-                    )
-                } else {
-                    (Share::of(&d, member, threads), 0..b)
-                };
+            run_team(plan.threads, |member, barrier| {
+                let (my, rows) = plan.member(&d, member);
                 let (r0, mb) = (rows.start, rows.len());
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
                 let stream = streams_from_l3(4 * my.panels.len(), h);
@@ -628,18 +645,20 @@ impl FusedLstmOp {
         // ownership of every line of it.
         let mut da = gates;
         let mut dstate = vec![0f32; 2 * b * h];
-        // The bias gradient, the column sums of da, gathered by each member for its units while
-        // its rows are in cache (a separate pass re-read all of da: ~2 ms a layer).
+        // By units, the bias gradient (the column sums of da) is gathered by each member for its
+        // units while its rows are in cache, and so are the ids' sums (the input part of dW, rows
+        // per id [V, 4H]). By rows, a member sees only some rows of each column, and sums of
+        // partial sums would make the bits depend on the team's size: one pass after the team
+        // adds them up in the same order as the split by units does (~2 ms a layer to re-read da).
         let mut dbias = vec![0f32; four_h];
-        // Ids: the input part of dW, column `id` gathering every step that read it, as rows per
-        // id [V, 4H]; each member adds its units' da while they are in cache.
         let mut per_id = vec![0f32; if ids.is_empty() { 0 } else { input * four_h }];
         // Each step's da block again as the step kernel's row tiles, double-buffered as in the
         // forward pass.
         let tiled = tiled_len(b, four_h);
         let mut da_tiles = vec![0f32; 2 * tiled];
         let tiles_read = self.kernel.reads_tiling(b);
-        let threads = team_size(units);
+        let plan = TeamPlan::of(self.split, &d);
+        let by_rows = plan.by_rows;
         {
             let da_tiles = SharedMut::new(&mut da_tiles);
             let da = SharedMut::new(&mut da);
@@ -648,29 +667,31 @@ impl FusedLstmOp {
             let per_id = SharedMut::new(&mut per_id);
             let (kernel, simd, panels) = (self.kernel, self.simd, &panels);
             let cells = &cells;
-            run_team(threads, |member, barrier| {
-                let my = Share::of(&d, member, threads);
+            run_team(plan.threads, |member, barrier| {
+                let (my, rows) = plan.member(&d, member);
+                let (r0, mb) = (rows.start, rows.len());
                 let (j0, n, width) = (my.units.start, my.units.len(), my.width());
                 let stream = streams_from_l3(my.panels.len(), four_h);
-                // This member's columns of dh_{t} (from step t + 1) and dc, [B, width].
-                let mut dh_next = vec![0f32; b * width];
-                let mut dc = vec![0f32; b * width];
-                // Per gate, this member's units of the bias gradient.
-                let mut my_dbias = vec![0f32; 4 * width];
+                // This member's part of dh_{t} (from step t + 1) and dc, [rows, width].
+                let mut dh_next = vec![0f32; mb * width];
+                let mut dc = vec![0f32; mb * width];
+                // Per gate, this member's units of the bias gradient (by units).
+                let mut my_dbias = vec![0f32; if by_rows { 0 } else { 4 * width }];
                 // The row's gates, before their derivatives overwrite them, and tanh(c_t).
                 let mut staged = vec![0f32; 4 * width];
                 let mut tanh_c = vec![0f32; width];
-                for bi in 0..b {
+                for bi in rows.clone() {
                     let row = (bi * (t + 1) + t) * h + j0;
-                    dc[bi * width..][..n].copy_from_slice(&grad[row..row + n]);
+                    dc[(bi - r0) * width..][..n].copy_from_slice(&grad[row..row + n]);
                 }
                 for step in (0..t).rev() {
-                    for bi in 0..b {
+                    for bi in rows.clone() {
                         let gate_row = (step * b + bi) * four_h + j0;
                         let row = (step * b + bi) * h + j0;
-                        // SAFETY: member-owned units of block `step` (its saved gates, then
-                        // their derivatives); the others read this block only after the barrier
-                        // below.
+                        let local = (bi - r0) * width;
+                        // SAFETY: member-owned units of a member-owned row of block `step` (its
+                        // saved gates, then their derivatives); by units, the others read this
+                        // block only after the barrier below; by rows, no one else does.
                         let da_row = unsafe {
                             [0, 1, 2, 3]
                                 .map(|g| da.slice_mut(gate_row + g * h..gate_row + g * h + n))
@@ -682,10 +703,13 @@ impl FusedLstmOp {
                             tanh_c: &tanh_c[..n],
                             c_prev: &cells[row..row + n],
                             dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
-                            dh_next: &dh_next[bi * width..][..n],
-                            dc: &mut dc[bi * width..][..n],
+                            dh_next: &dh_next[local..][..n],
+                            dc: &mut dc[local..][..n],
                             da: da_row,
                         });
+                        if by_rows {
+                            continue;
+                        }
                         // SAFETY: the member's own units of row `bi` of block `step`, written
                         // just above.
                         unsafe {
@@ -705,13 +729,14 @@ impl FusedLstmOp {
                         }
                     }
                     // Only the AVX-512 kernel reads the tiles; the others read `da` itself.
-                    for first in (0..b).step_by(TILE_ROWS).filter(|_| tiles_read) {
-                        let count = (b - first).min(TILE_ROWS);
+                    for first in rows.clone().step_by(TILE_ROWS).filter(|_| tiles_read) {
+                        let count = (rows.end - first).min(TILE_ROWS);
                         for g in 0..4 {
                             let at = |bi: usize| (step * b + bi) * four_h + g * h + j0;
-                            // SAFETY: the member's own units of gate g in rows
+                            // SAFETY: the member's own units of gate g in its rows
                             // `first..first + count` of block `step`, written above, and their
-                            // part of the half of the tiles no one reads until the barrier below.
+                            // part of the half of the tiles no one else reads until the barrier
+                            // below (by units) or ever (by rows).
                             unsafe {
                                 let mut rows: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
                                 for (i, row) in rows.iter_mut().take(count).enumerate() {
@@ -727,14 +752,21 @@ impl FusedLstmOp {
                             }
                         }
                     }
-                    barrier.wait();
-                    let block = step * b * four_h;
-                    // SAFETY: block `step` and its tiles are complete (barrier above); the next
-                    // writes go to block `step - 1` and the other half of the tiles.
+                    // A member that owns whole rows reads only its own rows' da: nothing to wait
+                    // for.
+                    if !by_rows {
+                        barrier.wait();
+                    }
+                    let (block, half) = (step * b * four_h, (step % 2) * tiled);
+                    // SAFETY: the member's rows of block `step` and of its tiles are complete
+                    // (barrier above, or written by the member itself); the next writes go to
+                    // block `step - 1` and the other half of the tiles.
                     let (da_t, da_t_tiles) = unsafe {
                         (
-                            da.slice(block..block + b * four_h),
-                            da_tiles.slice((step % 2) * tiled..(step % 2 + 1) * tiled),
+                            da.slice(block + r0 * four_h..block + rows.end * four_h),
+                            da_tiles.slice(
+                                half + tiled_len(r0, four_h)..half + tiled_len(rows.end, four_h),
+                            ),
                         )
                     };
                     for (q, u) in my.panels.clone().enumerate() {
@@ -744,7 +776,7 @@ impl FusedLstmOp {
                             da_t_tiles,
                             da_t,
                             four_h,
-                            b,
+                            mb,
                             panels.panel(u),
                             four_h,
                             out,
@@ -752,23 +784,27 @@ impl FusedLstmOp {
                         );
                     }
                 }
-                for bi in 0..b {
-                    // SAFETY: member-owned units of each row of dh_0 and dc_0.
+                for bi in rows.clone() {
+                    // SAFETY: member-owned units of each member-owned row of dh_0 and dc_0.
                     let (dh0, dc0) = unsafe {
                         (
                             dstate.slice_mut(bi * h + j0..bi * h + j0 + n),
                             dstate.slice_mut((b + bi) * h + j0..(b + bi) * h + j0 + n),
                         )
                     };
-                    dh0.copy_from_slice(&dh_next[bi * width..][..n]);
-                    dc0.copy_from_slice(&dc[bi * width..][..n]);
+                    let local = (bi - r0) * width;
+                    dh0.copy_from_slice(&dh_next[local..][..n]);
+                    dc0.copy_from_slice(&dc[local..][..n]);
                 }
-                for g in 0..4 {
+                for g in (0..4).filter(|_| !by_rows) {
                     // SAFETY: member-owned units of gate g's bias gradient.
                     let sums = unsafe { dbias.slice_mut(g * h + j0..g * h + j0 + n) };
                     sums.copy_from_slice(&my_dbias[g * width..][..n]);
                 }
             });
+        }
+        if by_rows {
+            column_sums(self.kernel, &da, (t, b), ids, &mut dbias, &mut per_id);
         }
 
         let rows = t * b;
@@ -823,6 +859,53 @@ impl FusedLstmOp {
             Some(Tensor::from_vec(dw, (four_h, ww), device)?),
             Some(Tensor::from_vec(dextra, 4 * h + 2 * b * h, device)?),
         ))
+    }
+}
+
+/// The column sums of `da [T, B, 4H]` into `dbias [4H]`, and for ids each row's also into
+/// `per_id [V, 4H]` at its id: per column, the steps from last to first and in each the rows in
+/// batch order, the order in which the team split by units adds them in its step loop.
+fn column_sums(
+    kernel: Kernel,
+    da: &[f32],
+    (t, b): (usize, usize),
+    ids: &[u32],
+    dbias: &mut [f32],
+    per_id: &mut [f32],
+) {
+    let four_h = dbias.len();
+    let vocab = per_id.len() / four_h;
+    // One contiguous part of every row per thread, in whole cache lines.
+    let part = four_h
+        .div_ceil(rayon::current_num_threads().max(1))
+        .next_multiple_of(16);
+    let sums: Vec<(Vec<f32>, Vec<f32>)> = (0..four_h)
+        .step_by(part)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|c0| {
+            let cols = part.min(four_h - c0);
+            let mut bias = vec![0f32; cols];
+            let mut by_id = vec![0f32; vocab * cols];
+            for step in (0..t).rev() {
+                for bi in 0..b {
+                    let row = &da[(step * b + bi) * four_h + c0..][..cols];
+                    kernel.add_to(row, &mut bias);
+                    // Ids were checked against the vocabulary in the forward pass.
+                    if let Some(&id) = ids.get(bi * t + step) {
+                        kernel.add_to(row, &mut by_id[id as usize * cols..][..cols]);
+                    }
+                }
+            }
+            (bias, by_id)
+        })
+        .collect();
+    for ((bias, by_id), c0) in sums.iter().zip((0..four_h).step_by(part)) {
+        let cols = bias.len();
+        dbias[c0..c0 + cols].copy_from_slice(bias);
+        for (v, sums) in by_id.chunks_exact(cols).enumerate() {
+            per_id[v * four_h + c0..][..cols].copy_from_slice(sums);
+        }
     }
 }
 

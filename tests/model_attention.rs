@@ -156,3 +156,97 @@ fn gradients_repeat_bit_for_bit_at_a_batch_of_many_sequences() {
         );
     }
 }
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = echoai::rng::Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// The gradients of `sum(f(inputs) * weights)` for each input.
+fn gradients(
+    inputs: &[Tensor],
+    weights: &Tensor,
+    f: impl Fn(&[Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<candle_core::Var> = inputs
+        .iter()
+        .map(|t| candle_core::Var::from_tensor(t).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors);
+    let store = (&out * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grads = tensors
+        .iter()
+        .map(|t| store.get(t).unwrap().clone())
+        .collect();
+    (out, grads)
+}
+
+#[test]
+fn the_dense_op_matches_candle_nn_linear_forward_and_backward() {
+    // Rows and widths off every tile and vector size; a 3-d input as the attention passes it.
+    for &(batch, time, input, output) in &[(3, 5, 7, 11), (4, 67, 64, 192), (1, 1, 33, 1)] {
+        let seed = (batch * time * input + output) as u64;
+        let x = random(&[batch, time, input], seed);
+        let w = random(&[output, input], seed + 1);
+        let b = random(&[output], seed + 2);
+        let weights = random(&[batch, time, output], seed + 3);
+        let linear = |t: &[Tensor]| candle_nn::Linear::new(t[1].clone(), Some(t[2].clone()));
+        let (ours, our_grads) = gradients(&[x.clone(), w.clone(), b.clone()], &weights, |t| {
+            echoai::model::dense(&t[0], &linear(t)).unwrap()
+        });
+        let (theirs, their_grads) = gradients(&[x, w, b], &weights, |t| {
+            candle_nn::Module::forward(&linear(t), &t[0]).unwrap()
+        });
+        assert_eq!(ours.dims(), &[batch, time, output]);
+        assert!(max_rel_err(&ours, &theirs) < 1e-5);
+        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+            let err = max_rel_err(a, b);
+            assert!(err < 1e-5, "gradient {i} of {input}->{output}: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_layer_norm_op_matches_the_composed_one_forward_and_backward() {
+    // More rows than one part of the gain and shift sums (64), and a ragged last part.
+    for &(batch, time, width) in &[(2, 3, 5), (3, 50, 96), (1, 1, 1)] {
+        let seed = (batch * time + width) as u64;
+        let x = (random(&[batch, time, width], seed) * 3.0).unwrap();
+        let gain = random(&[width], seed + 1);
+        let shift = random(&[width], seed + 2);
+        let weights = random(&[batch, time, width], seed + 3);
+        let inputs = [x, gain, shift];
+        let (ours, our_grads) = gradients(&inputs, &weights, |t| {
+            echoai::model::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap()
+        });
+        let (theirs, their_grads) = gradients(&inputs, &weights, |t| {
+            candle_nn::ops::layer_norm_slow(&t[0], &t[1], &t[2], 1e-5).unwrap()
+        });
+        assert_eq!(ours.dims(), &[batch, time, width]);
+        assert!(max_rel_err(&ours, &theirs) < 1e-5);
+        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+            let err = max_rel_err(a, b);
+            assert!(err < 1e-4, "gradient {i} of width {width}: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_dense_and_layer_norm_ops_refuse_shapes_that_do_not_fit() {
+    let x = random(&[4, 6], 1);
+    let linear = candle_nn::Linear::new(random(&[3, 5], 2), Some(random(&[3], 3)));
+    let err = echoai::model::dense(&x, &linear).unwrap_err().to_string();
+    assert!(err.contains("do not fit"), "{err}");
+    let err = echoai::model::layer_norm(&x, &random(&[5], 4), &random(&[6], 5), 1e-5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit"), "{err}");
+}

@@ -7,9 +7,11 @@
 //! mask; generation keeps the last W keys and values per head.
 
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Init, Linear, Module, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
 use super::band_attention::BandAttentionOp;
+use super::dense::dense;
+use super::layer_norm::layer_norm;
 
 /// Where [`BandAttentionOp`] runs: the CPU and CUDA (`cuda_band_attention.rs`, checked on an
 /// H200 by `.ci/gpu-check.sh`). `ECHOAI_CUDA_BAND_ATTENTION=0` keeps CUDA on the composed
@@ -126,7 +128,7 @@ impl LocalAttention {
     /// composed candle ops over a masked `T x T` matrix (the reference).
     pub fn forward_with(&self, h: &Tensor, banded: bool) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
-        let qkv = self.qkv.forward(h)?;
+        let qkv = dense(h, &self.qkv)?;
         if banded && band_op_runs_on(h.device()) && h.dtype() == DType::F32 && b * t > 0 {
             let qkv = qkv.contiguous()?;
             let keep = qkv.track_op() || self.rel_bias.track_op();
@@ -197,9 +199,8 @@ impl LocalAttention {
     }
 
     fn residual(&self, h: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let y = (h + self.out.forward(context)?)?;
-        // The composed layer norm: candle_nn's fused one has no backward pass.
-        candle_nn::ops::layer_norm_slow(
+        let y = (h + dense(context, &self.out)?)?;
+        layer_norm(
             &y,
             &self.norm_weight,
             &self.norm_bias,
@@ -210,7 +211,7 @@ impl LocalAttention {
     /// One position: `h [B, H]` with the cache of earlier positions -> `[B, H]`.
     pub fn step(&self, h: &Tensor, cache: &mut AttentionCache) -> Result<Tensor> {
         let (b, _) = h.dims2()?;
-        let (q, k, v) = self.split_heads(&self.qkv.forward(&h.unsqueeze(1)?)?)?;
+        let (q, k, v) = self.split_heads(&dense(&h.unsqueeze(1)?, &self.qkv)?)?;
         let append = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
             let all = match old {
                 Some(old) => Tensor::cat(&[old, &new], 2)?,

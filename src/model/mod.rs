@@ -20,12 +20,14 @@ mod cuda_lstm;
 mod cuda_output_loss;
 #[cfg(feature = "cuda")]
 mod cuda_util;
+mod dense;
 pub(crate) use cpu_values::with_values;
 mod fused_lstm;
 mod gates;
 pub mod init;
 pub mod isa;
 pub mod kernels;
+mod layer_norm;
 mod lstm;
 mod matmul;
 mod output_loss;
@@ -37,7 +39,9 @@ mod tiling;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
+pub use dense::dense;
 pub use fused_lstm::{FusedLstmOp, LayerInput, TeamSplit};
+pub use layer_norm::layer_norm;
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, Sequence, dropout};
 pub use stepper::{Stepper, WeightPrecision};
 

@@ -569,12 +569,13 @@ fn fused_and_composed_agree_with_dropout_between_three_layers() {
 
 #[test]
 fn banded_attention_matches_the_masked_reference_with_every_gradient() {
-    // Window 4 over 13 positions (the band matters) and window 16 over 9 (it does not).
-    for (window, time) in [(4, 13), (16, 9)] {
+    // Window 4 over 13 positions (the band matters) and window 16 over 9 (it does not); heads of
+    // 64 features with a window of two key blocks, the second one partial (64 + 6 keys).
+    for (window, time, hidden) in [(4, 13, 16), (16, 9, 16), (70, 90, 128)] {
         let config = ModelConfig {
             kind: ModelKind::LstmAttention,
             embed: 8,
-            hidden: 16,
+            hidden,
             layers: 2,
             window,
             heads: 2,

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::Simd;
-use super::kernels::{axpy, dot};
+use super::kernels::axpy;
 
 pub struct BandAttentionOp {
     heads: usize,
@@ -105,20 +105,86 @@ impl Rows<'_> {
     }
 }
 
+/// Keys scored together: their sums stay in registers (four AVX-512 vectors), where one dot
+/// product per key ended in a horizontal sum each.
+const KEY_BLOCK: usize = 64;
+
+/// One head's `d` columns of every position, from column `column` of the rows, transposed:
+/// `out[k * stride + s]` for position `s`. Returns `stride` (`T + KEY_BLOCK`): the positions past
+/// `T` are zero, so a block of keys that runs past the last position reads zeros.
+#[inline(always)]
+fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> usize {
+    let stride = dm.t + KEY_BLOCK;
+    out.clear();
+    out.resize(dm.d * stride, 0.0);
+    for s in 0..dm.t {
+        let row = &rows.at(dm, s)[column..column + dm.d];
+        for (k, &v) in row.iter().enumerate() {
+            out[k * stride + s] = v;
+        }
+    }
+    stride
+}
+
+/// `out[j] = x . column(first + j)` of a [`transpose_head`] table, KEY_BLOCK positions at a time.
+#[inline(always)]
+fn products(x: &[f32], table: &[f32], stride: usize, first: usize, out: &mut [f32]) {
+    for (block, chunk) in out.chunks_mut(KEY_BLOCK).enumerate() {
+        let start = first + block * KEY_BLOCK;
+        let mut sums = [0f32; KEY_BLOCK];
+        for (k, &xk) in x.iter().enumerate() {
+            let row = &table[k * stride + start..][..KEY_BLOCK];
+            for (sum, &v) in sums.iter_mut().zip(row) {
+                *sum += xk * v;
+            }
+        }
+        chunk.copy_from_slice(&sums[..chunk.len()]);
+    }
+}
+
+/// `out += sum_i weights[i] * row(i)`, summed in `i` order, KEY_BLOCK features at a time in
+/// registers: adding each row into `out` in memory chained every add of a feature through a store
+/// and a load (half of the forward pass's time in `perf`).
+#[inline(always)]
+fn weighted_rows<'a>(weights: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+    for start in (0..out.len()).step_by(KEY_BLOCK) {
+        let out = &mut out[start..];
+        if out.len() < KEY_BLOCK {
+            for (i, &w) in weights.iter().enumerate() {
+                axpy(w, &row(i)[start..], out);
+            }
+            continue;
+        }
+        let mut sums = [0f32; KEY_BLOCK];
+        for (i, &w) in weights.iter().enumerate() {
+            let r = &row(i)[start..start + KEY_BLOCK];
+            for (sum, &v) in sums.iter_mut().zip(r) {
+                *sum += w * v;
+            }
+        }
+        for (o, sum) in out.iter_mut().zip(sums) {
+            *o += sum;
+        }
+    }
+}
+
 /// One sequence: context `[T, H]` and probabilities `[heads, T, W]`.
 #[inline(always)]
 fn forward_sequence(dm: &Dims, rows: Rows, bias: &[f32], context: &mut [f32], probs: &mut [f32]) {
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
+    let (mut keys, mut by_position) = (Vec::new(), vec![0f32; window]);
     for head in 0..dm.heads {
         let at = head * d;
+        let stride = transpose_head(dm, rows, hidden + at, &mut keys);
         for pos in 0..dm.t {
             let q = &rows.at(dm, pos)[at..at + d];
             let p = &mut probs[(head * dm.t + pos) * window..][..window];
             let reach = dm.reach(pos);
+            let first = pos + 1 - reach;
+            products(q, &keys, stride, first, &mut by_position[..reach]);
             for (back, score) in p[..reach].iter_mut().enumerate() {
-                let k = &rows.at(dm, pos - back)[hidden + at..hidden + at + d];
-                *score = dot(q, k) * scale + bias[head * window + back];
+                *score = by_position[reach - 1 - back] * scale + bias[head * window + back];
             }
             let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
@@ -126,12 +192,9 @@ fn forward_sequence(dm: &Dims, rows: Rows, bias: &[f32], context: &mut [f32], pr
                 *v = (*v - max).exp();
                 sum += *v;
             }
-            let out = &mut context[pos * hidden + at..pos * hidden + at + d];
-            for (back, weight) in p[..reach].iter_mut().enumerate() {
-                *weight /= sum;
-                let v = &rows.at(dm, pos - back)[2 * hidden + at..2 * hidden + at + d];
-                axpy(*weight, v, out);
-            }
+            p[..reach].iter_mut().for_each(|weight| *weight /= sum);
+            let v = |back: usize| &rows.at(dm, pos - back)[2 * hidden + at..][..d];
+            weighted_rows(&p[..reach], v, &mut context[pos * hidden + at..][..d]);
         }
     }
 }
@@ -149,17 +212,26 @@ fn backward_sequence(
     let scale = 1.0 / (d as f32).sqrt();
     let mut dbias = vec![0f32; dm.heads * window];
     let mut dscore = vec![0f32; window];
+    let (mut values, mut by_position) = (Vec::new(), vec![0f32; window]);
     for head in 0..dm.heads {
         let at = head * d;
+        let stride = transpose_head(dm, rows, 2 * hidden + at, &mut values);
         for pos in 0..dm.t {
             let g = &grad[pos * hidden + at..][..d];
             let p = &probs[(head * dm.t + pos) * window..][..window];
             let reach = dm.reach(pos);
+            products(
+                g,
+                &values,
+                stride,
+                pos + 1 - reach,
+                &mut by_position[..reach],
+            );
             // dp = g . v_s; dv_s += p g; dscore = p (dp - sum p dp).
             let mut weighted = 0.0;
             for back in 0..reach {
                 let s = pos - back;
-                let dp = dot(g, &rows.at(dm, s)[2 * hidden + at..][..d]);
+                let dp = by_position[reach - 1 - back];
                 dscore[back] = dp;
                 weighted += p[back] * dp;
                 axpy(
@@ -173,14 +245,16 @@ fn backward_sequence(
                 let s = pos - back;
                 let ds = p[back] * (dscore[back] - weighted);
                 dbias[head * window + back] += ds;
-                let k = &rows.at(dm, s)[hidden + at..hidden + at + d];
-                axpy(ds * scale, k, &mut dqkv[pos * 3 * hidden + at..][..d]);
+                // From here on, the weight of k_s in dq.
+                dscore[back] = ds * scale;
                 axpy(
-                    ds * scale,
+                    dscore[back],
                     q,
                     &mut dqkv[s * 3 * hidden + hidden + at..][..d],
                 );
             }
+            let k = |back: usize| &rows.at(dm, pos - back)[hidden + at..][..d];
+            weighted_rows(&dscore[..reach], k, &mut dqkv[pos * 3 * hidden + at..][..d]);
         }
     }
     dbias

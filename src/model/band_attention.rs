@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
-use super::gates::Simd;
+use super::gates::{PORTABLE_FUSED, Simd, madd};
 use super::kernels::axpy;
 
 pub struct BandAttentionOp {
@@ -128,14 +128,20 @@ fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> u
 
 /// `out[j] = x . column(first + j)` of a [`transpose_head`] table, KEY_BLOCK positions at a time.
 #[inline(always)]
-fn products(x: &[f32], table: &[f32], stride: usize, first: usize, out: &mut [f32]) {
+fn products<const FUSED: bool>(
+    x: &[f32],
+    table: &[f32],
+    stride: usize,
+    first: usize,
+    out: &mut [f32],
+) {
     for (block, chunk) in out.chunks_mut(KEY_BLOCK).enumerate() {
         let start = first + block * KEY_BLOCK;
         let mut sums = [0f32; KEY_BLOCK];
         for (k, &xk) in x.iter().enumerate() {
             let row = &table[k * stride + start..][..KEY_BLOCK];
             for (sum, &v) in sums.iter_mut().zip(row) {
-                *sum += xk * v;
+                *sum = madd::<FUSED>(xk, v, *sum);
             }
         }
         chunk.copy_from_slice(&sums[..chunk.len()]);
@@ -146,7 +152,11 @@ fn products(x: &[f32], table: &[f32], stride: usize, first: usize, out: &mut [f3
 /// registers: adding each row into `out` in memory chained every add of a feature through a store
 /// and a load (half of the forward pass's time in `perf`).
 #[inline(always)]
-fn weighted_rows<'a>(weights: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+fn weighted_rows<'a, const FUSED: bool>(
+    weights: &[f32],
+    row: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
     for start in (0..out.len()).step_by(KEY_BLOCK) {
         let out = &mut out[start..];
         if out.len() < KEY_BLOCK {
@@ -159,7 +169,7 @@ fn weighted_rows<'a>(weights: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mu
         for (i, &w) in weights.iter().enumerate() {
             let r = &row(i)[start..start + KEY_BLOCK];
             for (sum, &v) in sums.iter_mut().zip(r) {
-                *sum += w * v;
+                *sum = madd::<FUSED>(w, v, *sum);
             }
         }
         for (o, sum) in out.iter_mut().zip(sums) {
@@ -170,7 +180,14 @@ fn weighted_rows<'a>(weights: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mu
 
 /// One sequence: context `[T, H]` and probabilities `[heads, T, W]`.
 #[inline(always)]
-fn forward_sequence(dm: &Dims, rows: Rows, bias: &[f32], context: &mut [f32], probs: &mut [f32]) {
+fn forward_sequence<const FUSED: bool>(
+    simd: Simd,
+    dm: &Dims,
+    rows: Rows,
+    bias: &[f32],
+    context: &mut [f32],
+    probs: &mut [f32],
+) {
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
     let (mut keys, mut by_position) = (Vec::new(), vec![0f32; window]);
@@ -182,26 +199,24 @@ fn forward_sequence(dm: &Dims, rows: Rows, bias: &[f32], context: &mut [f32], pr
             let p = &mut probs[(head * dm.t + pos) * window..][..window];
             let reach = dm.reach(pos);
             let first = pos + 1 - reach;
-            products(q, &keys, stride, first, &mut by_position[..reach]);
+            products::<FUSED>(q, &keys, stride, first, &mut by_position[..reach]);
             for (back, score) in p[..reach].iter_mut().enumerate() {
                 *score = by_position[reach - 1 - back] * scale + bias[head * window + back];
             }
             let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for v in &mut p[..reach] {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
+            // Vectorised: libm's scalar `expf` per key was most of the forward pass once the
+            // products ran in registers.
+            let sum = simd.exp_shifted(&mut p[..reach], max);
             p[..reach].iter_mut().for_each(|weight| *weight /= sum);
             let v = |back: usize| &rows.at(dm, pos - back)[2 * hidden + at..][..d];
-            weighted_rows(&p[..reach], v, &mut context[pos * hidden + at..][..d]);
+            weighted_rows::<FUSED>(&p[..reach], v, &mut context[pos * hidden + at..][..d]);
         }
     }
 }
 
 /// One sequence's gradients: into `dqkv [T, 3H]`; returns this sequence's `d rel_bias`.
 #[inline(always)]
-fn backward_sequence(
+fn backward_sequence<const FUSED: bool>(
     dm: &Dims,
     rows: Rows,
     grad: &[f32],
@@ -211,50 +226,53 @@ fn backward_sequence(
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
     let mut dbias = vec![0f32; dm.heads * window];
-    let mut dscore = vec![0f32; window];
     let (mut values, mut by_position) = (Vec::new(), vec![0f32; window]);
+    // Per position and key, `ds * scale`: the weight of k_s in dq_pos and of q_pos in dk_s.
+    let mut scaled = vec![0f32; dm.t * window];
+    let (mut p_seen, mut scaled_seen) = (vec![0f32; window], vec![0f32; window]);
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, 2 * hidden + at, &mut values);
+        let probs = &probs[head * dm.t * window..][..dm.t * window];
         for pos in 0..dm.t {
             let g = &grad[pos * hidden + at..][..d];
-            let p = &probs[(head * dm.t + pos) * window..][..window];
+            let p = &probs[pos * window..][..window];
             let reach = dm.reach(pos);
-            products(
+            products::<FUSED>(
                 g,
                 &values,
                 stride,
                 pos + 1 - reach,
                 &mut by_position[..reach],
             );
-            // dp = g . v_s; dv_s += p g; dscore = p (dp - sum p dp).
-            let mut weighted = 0.0;
+            // dp = g . v_s; dscore = p (dp - sum p dp).
+            let weighted: f32 = (0..reach)
+                .map(|back| p[back] * by_position[reach - 1 - back])
+                .sum();
+            let scaled = &mut scaled[pos * window..][..window];
             for back in 0..reach {
-                let s = pos - back;
-                let dp = by_position[reach - 1 - back];
-                dscore[back] = dp;
-                weighted += p[back] * dp;
-                axpy(
-                    p[back],
-                    g,
-                    &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d],
-                );
-            }
-            let q = &rows.at(dm, pos)[at..at + d];
-            for back in 0..reach {
-                let s = pos - back;
-                let ds = p[back] * (dscore[back] - weighted);
+                let ds = p[back] * (by_position[reach - 1 - back] - weighted);
                 dbias[head * window + back] += ds;
-                // From here on, the weight of k_s in dq.
-                dscore[back] = ds * scale;
-                axpy(
-                    dscore[back],
-                    q,
-                    &mut dqkv[s * 3 * hidden + hidden + at..][..d],
-                );
+                scaled[back] = ds * scale;
             }
             let k = |back: usize| &rows.at(dm, pos - back)[hidden + at..][..d];
-            weighted_rows(&dscore[..reach], k, &mut dqkv[pos * 3 * hidden + at..][..d]);
+            weighted_rows::<FUSED>(&scaled[..reach], k, &mut dqkv[pos * 3 * hidden + at..][..d]);
+        }
+        // Per key position s, over the positions s + i that see it (i = how far back it is from
+        // them): dv_s = sum p g, dk_s = sum ds * scale * q, in registers (adding into each row
+        // once per position that sees it chained the adds through memory).
+        for s in 0..dm.t {
+            let seen = window.min(dm.t - s);
+            for i in 0..seen {
+                p_seen[i] = probs[(s + i) * window + i];
+                scaled_seen[i] = scaled[(s + i) * window + i];
+            }
+            let g = |i: usize| &grad[(s + i) * hidden + at..][..d];
+            let dv = &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d];
+            weighted_rows::<FUSED>(&p_seen[..seen], g, dv);
+            let q = |i: usize| &rows.at(dm, s + i)[at..at + d];
+            let dk = &mut dqkv[s * 3 * hidden + hidden + at..][..d];
+            weighted_rows::<FUSED>(&scaled_seen[..seen], q, dk);
         }
     }
     dbias
@@ -268,7 +286,7 @@ fn simd_forward(simd: Simd, dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32]
         Simd::Avx512 => unsafe { forward_avx512(dm, rows, bias, ctx, p) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { forward_avx2(dm, rows, bias, ctx, p) },
-        _ => forward_sequence(dm, rows, bias, ctx, p),
+        _ => forward_sequence::<PORTABLE_FUSED>(simd, dm, rows, bias, ctx, p),
     }
 }
 
@@ -287,20 +305,20 @@ fn simd_backward(
         Simd::Avx512 => unsafe { backward_avx512(dm, rows, grad, probs, dqkv) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { backward_avx2(dm, rows, grad, probs, dqkv) },
-        _ => backward_sequence(dm, rows, grad, probs, dqkv),
+        _ => backward_sequence::<PORTABLE_FUSED>(dm, rows, grad, probs, dqkv),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn forward_avx512(dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32], p: &mut [f32]) {
-    forward_sequence(dm, rows, bias, ctx, p)
+    forward_sequence::<true>(Simd::Avx512, dm, rows, bias, ctx, p)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_avx2(dm: &Dims, rows: Rows, bias: &[f32], ctx: &mut [f32], p: &mut [f32]) {
-    forward_sequence(dm, rows, bias, ctx, p)
+    forward_sequence::<true>(Simd::Avx2, dm, rows, bias, ctx, p)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -312,7 +330,7 @@ unsafe fn backward_avx512(
     probs: &[f32],
     dqkv: &mut [f32],
 ) -> Vec<f32> {
-    backward_sequence(dm, rows, grad, probs, dqkv)
+    backward_sequence::<true>(dm, rows, grad, probs, dqkv)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -324,7 +342,7 @@ unsafe fn backward_avx2(
     probs: &[f32],
     dqkv: &mut [f32],
 ) -> Vec<f32> {
-    backward_sequence(dm, rows, grad, probs, dqkv)
+    backward_sequence::<true>(dm, rows, grad, probs, dqkv)
 }
 
 impl CustomOp2 for BandAttentionOp {

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::max_rel_err;
+use common::{max_rel_err, random};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -155,13 +155,6 @@ fn gradients_repeat_bit_for_bit_at_a_batch_of_many_sequences() {
             "a gradient changed between identical runs"
         );
     }
-}
-
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = echoai::rng::Rng::new(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// The gradients of `sum(f(inputs) * weights)` for each input.

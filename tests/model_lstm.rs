@@ -643,30 +643,42 @@ fn the_shapes_a_checkpoint_is_checked_against_are_the_models_own() {
     assert!(err.contains("weights"), "{err}");
 }
 
+/// Batches of one tile, of whole tiles and of a ragged last tile; hidden sizes of one panel and of
+/// ragged ones; vector, stacked (h with its cell-state row) and event-id inputs:
+/// `(batch, time, input, hidden, kind)`.
+const TEAM_CASES: [(usize, usize, usize, usize, LayerInput); 5] = [
+    (5, 3, 6, 10, LayerInput::Dense),
+    (16, 7, 6, 70, LayerInput::Dense),
+    (21, 5, 9, 40, LayerInput::Dense),
+    (24, 4, 12, 33, LayerInput::Stacked),
+    (19, 6, 11, 48, LayerInput::Ids),
+];
+
+/// A fused layer's `x` (ids repeat, so that per-id sums add several rows), `w` and `extra`, and
+/// weights for a loss over its output.
+fn team_case_inputs(
+    (batch, time, input, hidden, kind): (usize, usize, usize, usize, LayerInput),
+) -> [Tensor; 4] {
+    let seed = (batch * 1000 + hidden) as u64;
+    let x = match kind {
+        LayerInput::Dense => common::random(&[batch, time, input], seed),
+        LayerInput::Stacked => common::random(&[batch, time + 1, input], seed),
+        LayerInput::Ids => {
+            let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % input) as u32).collect();
+            Tensor::from_vec(ids, (batch, time), &Device::Cpu).unwrap()
+        }
+    };
+    let w = common::random(&[4 * hidden, input + hidden], seed + 1);
+    let extra = common::random(&[4 * hidden + 2 * batch * hidden], seed + 2);
+    let weights = common::random(&[batch, time + 1, hidden], seed + 3);
+    [x, w, extra, weights]
+}
+
 #[test]
 fn the_forward_team_gives_the_same_bits_split_by_rows_or_by_units() {
-    // Batches of one tile, of whole tiles and of a ragged last tile; hidden sizes of one panel
-    // and of ragged ones; vector and stacked (h with its cell-state row) inputs.
-    for &(batch, time, input, hidden, kind) in &[
-        (5, 3, 6, 10, LayerInput::Dense),
-        (16, 7, 6, 70, LayerInput::Dense),
-        (21, 5, 9, 40, LayerInput::Dense),
-        (24, 4, 12, 33, LayerInput::Stacked),
-    ] {
-        let mut rng = echoai::rng::Rng::new(batch as u64 * 7 + hidden as u64);
-        let mut rand = |shape: &[usize]| {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-        };
-        let steps = if kind == LayerInput::Stacked {
-            time + 1
-        } else {
-            time
-        };
-        let x = rand(&[batch, steps, input]);
-        let w = rand(&[4 * hidden, input + hidden]);
-        let extra = rand(&[4 * hidden + 2 * batch * hidden]);
+    for case in TEAM_CASES {
+        let (batch, time, _, hidden, kind) = case;
+        let [x, w, extra, _] = team_case_inputs(case);
         let outputs: Vec<Vec<u32>> = [TeamSplit::Units, TeamSplit::Rows]
             .into_iter()
             .map(|split| {
@@ -676,40 +688,21 @@ fn the_forward_team_gives_the_same_bits_split_by_rows_or_by_units() {
                 common::bits(&out)
             })
             .collect();
-        assert_eq!(outputs[0], outputs[1], "b={batch} t={time} h={hidden}");
+        assert_eq!(
+            outputs[0], outputs[1],
+            "{kind:?} b={batch} t={time} h={hidden}"
+        );
         assert!(outputs[0].iter().any(|&bits| bits != 0));
     }
 }
 
 #[test]
 fn the_backward_team_gives_the_same_bits_split_by_rows_or_by_units() {
-    // As the forward test, plus event ids, whose per-id sums are gathered in another place by
-    // each split; the gradients of every input must match bit for bit.
-    for &(batch, time, input, hidden, kind) in &[
-        (5, 3, 6, 10, LayerInput::Dense),
-        (16, 7, 6, 70, LayerInput::Dense),
-        (21, 5, 9, 40, LayerInput::Dense),
-        (24, 4, 12, 33, LayerInput::Stacked),
-        (19, 6, 11, 48, LayerInput::Ids),
-    ] {
-        let mut rng = echoai::rng::Rng::new(batch as u64 * 13 + hidden as u64);
-        let mut rand = |shape: &[usize]| {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-        };
-        let x = match kind {
-            LayerInput::Dense => rand(&[batch, time, input]),
-            LayerInput::Stacked => rand(&[batch, time + 1, input]),
-            // Ids repeat, so that the per-id sums add several rows.
-            LayerInput::Ids => {
-                let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % input) as u32).collect();
-                Tensor::from_vec(ids, (batch, time), &Device::Cpu).unwrap()
-            }
-        };
-        let w = rand(&[4 * hidden, input + hidden]);
-        let extra = rand(&[4 * hidden + 2 * batch * hidden]);
-        let weights = rand(&[batch, time + 1, hidden]);
+    // The per-id sums and the bias gradient are gathered in another place by each split; the
+    // gradients of every input must match bit for bit.
+    for case in TEAM_CASES {
+        let (batch, _, _, hidden, kind) = case;
+        let [x, w, extra, weights] = team_case_inputs(case);
         let dense = kind != LayerInput::Ids;
         let grads: Vec<Vec<Vec<u32>>> = [TeamSplit::Units, TeamSplit::Rows]
             .into_iter()

@@ -100,3 +100,12 @@ pub fn max_rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
         .fold(0.0, f64::max)
         / scale
 }
+
+/// A tensor of `shape` with values uniform in [-1, 1) from `seed`.
+#[allow(dead_code)]
+pub fn random(shape: &[usize], seed: u64) -> candle_core::Tensor {
+    let mut rng = echoai::rng::Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
+}

@@ -419,6 +419,14 @@ fn pause_holds_training_and_checkpoint_now_writes_one() {
     });
     let saved = echoai::model::checkpoint::read_meta(&run).unwrap().step;
     assert_eq!(saved as usize, held, "the checkpoint holds the paused step");
+    // The runs list reads the folders again: the running run is listed from its first
+    // checkpoint on.
+    step_until(&mut h, 30, |s| {
+        s.training_view
+            .runs
+            .as_ref()
+            .is_some_and(|runs| runs.iter().any(|r| r.folder == run))
+    });
     h.get_by_label("Resume training").click();
     h.step();
     step_until(&mut h, 60, |s| s.train.live.points.len() > held);

@@ -450,6 +450,13 @@ impl Studio {
                         path.display()
                     ));
                 }
+                TrainPanelEvent::CheckpointSaved => {
+                    // The runs list reads the run's folder again: from its first checkpoint on,
+                    // the run is on disk and listed, not "no runs yet". The old list stays
+                    // until the new one is read.
+                    let runs_dir = self.train.settings.runs_dir.clone();
+                    self.training_view.refresh(None, &runs_dir);
+                }
                 TrainPanelEvent::OpenView => self.central = Central::Training,
                 TrainPanelEvent::Message(m) => self.say(m),
                 TrainPanelEvent::Error(m) => self.fail(m),
@@ -1007,6 +1014,8 @@ impl Studio {
             });
         // The thumbnail follows the view's smoothing.
         self.train.settings.view.smoothing = self.training_view.settings.smoothing;
+        // Hidden or not, the view takes a finished runs listing, so it is current when opened.
+        self.training_view.poll();
         let training_view = self.tab == Tab::Train && self.central == Central::Training;
         if training_view {
             egui::CentralPanel::default().show(ui, |ui| {

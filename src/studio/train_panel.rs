@@ -91,6 +91,8 @@ enum TrainMsg {
 pub enum TrainPanelEvent {
     /// A run finished or stopped with a checkpoint here.
     Checkpoint(PathBuf),
+    /// A running run saved a checkpoint (it may be the run's first).
+    CheckpointSaved,
     /// The thumbnail was clicked: show the training view.
     OpenView,
     Message(String),
@@ -520,6 +522,7 @@ impl TrainPanel {
                             "step {step}: checkpoint in {}",
                             path.display()
                         )));
+                        events.push(TrainPanelEvent::CheckpointSaved);
                     }
                     TrainEvent::Finished {
                         step,

@@ -127,7 +127,8 @@ impl TrainingView {
         self.listing.is_some()
     }
 
-    fn poll(&mut self) {
+    /// Takes the runs listing once it has been read.
+    pub fn poll(&mut self) {
         let Some(job) = &mut self.listing else {
             return;
         };

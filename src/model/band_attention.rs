@@ -150,7 +150,7 @@ fn products<const FUSED: bool>(
 
 /// `out += sum_i weights[i] * row(i)`, summed in `i` order, KEY_BLOCK features at a time in
 /// registers: adding each row into `out` in memory chained every add of a feature through a store
-/// and a load (half of the forward pass's time in `perf`).
+/// and a load (about half of the band forward's samples in `perf annotate`).
 #[inline(always)]
 fn weighted_rows<'a, const FUSED: bool>(
     weights: &[f32],
@@ -204,8 +204,8 @@ fn forward_sequence<const FUSED: bool>(
                 *score = by_position[reach - 1 - back] * scale + bias[head * window + back];
             }
             let max = p[..reach].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // Vectorised: libm's scalar `expf` per key was most of the forward pass once the
-            // products ran in registers.
+            // Vectorised, not libm's scalar `expf` per key: the band forward's share of a
+            // training step fell from 3.5 % to 3.0 % in `perf` (docs/BENCHMARKS.md).
             let sum = simd.exp_shifted(&mut p[..reach], max);
             p[..reach].iter_mut().for_each(|weight| *weight /= sum);
             let v = |back: usize| &rows.at(dm, pos - back)[2 * hidden + at..][..d];

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::cpu_values::{storage_values, with_values};
 use super::matmul::matmul;
+use super::team::column_parts;
 
 struct DenseOp;
 
@@ -133,23 +134,14 @@ impl CustomOp3 for DenseOp {
     }
 }
 
-/// The sums of the columns of `values [rows, cols]`, each over the rows in order (so the bits do
-/// not depend on the number of threads), one contiguous part of every row per thread.
+/// The sums of the columns of `values [rows, cols]`, each over the rows in order.
 fn column_sums(values: &[f32], cols: usize) -> Vec<f32> {
-    if cols == 0 {
-        return Vec::new();
-    }
-    let part = cols
-        .div_ceil(rayon::current_num_threads().max(1))
-        .next_multiple_of(16);
-    let parts: Vec<Vec<f32>> = (0..cols)
-        .step_by(part)
-        .collect::<Vec<_>>()
+    let parts: Vec<Vec<f32>> = column_parts(cols)
         .into_par_iter()
-        .map(|c0| {
-            let mut sums = vec![0f32; part.min(cols - c0)];
+        .map(|part| {
+            let mut sums = vec![0f32; part.len()];
             for row in values.chunks_exact(cols) {
-                for (sum, v) in sums.iter_mut().zip(&row[c0..]) {
+                for (sum, v) in sums.iter_mut().zip(&row[part.clone()]) {
                     *sum += v;
                 }
             }

@@ -28,7 +28,7 @@ use super::gates::{BackwardRow, ForwardRow, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
 use super::scratch;
-use super::team::{SharedMut, run_team, share, team_size};
+use super::team::{SharedMut, column_parts, run_team, share, team_size};
 use super::tiling::{TILE_ROWS, store_tile, tiled_index, tiled_len, tiled_span};
 
 /// What the backward pass needs from the forward pass (all time-major).
@@ -875,21 +875,16 @@ fn column_sums(
 ) {
     let four_h = dbias.len();
     let vocab = per_id.len() / four_h;
-    // One contiguous part of every row per thread, in whole cache lines.
-    let part = four_h
-        .div_ceil(rayon::current_num_threads().max(1))
-        .next_multiple_of(16);
-    let sums: Vec<(Vec<f32>, Vec<f32>)> = (0..four_h)
-        .step_by(part)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|c0| {
-            let cols = part.min(four_h - c0);
+    let parts = column_parts(four_h);
+    let sums: Vec<(Vec<f32>, Vec<f32>)> = parts
+        .par_iter()
+        .map(|part| {
+            let cols = part.len();
             let mut bias = vec![0f32; cols];
             let mut by_id = vec![0f32; vocab * cols];
             for step in (0..t).rev() {
                 for bi in 0..b {
-                    let row = &da[(step * b + bi) * four_h + c0..][..cols];
+                    let row = &da[(step * b + bi) * four_h + part.start..][..cols];
                     kernel.add_to(row, &mut bias);
                     // Ids were checked against the vocabulary in the forward pass.
                     if let Some(&id) = ids.get(bi * t + step) {
@@ -900,11 +895,10 @@ fn column_sums(
             (bias, by_id)
         })
         .collect();
-    for ((bias, by_id), c0) in sums.iter().zip((0..four_h).step_by(part)) {
-        let cols = bias.len();
-        dbias[c0..c0 + cols].copy_from_slice(bias);
-        for (v, sums) in by_id.chunks_exact(cols).enumerate() {
-            per_id[v * four_h + c0..][..cols].copy_from_slice(sums);
+    for ((bias, by_id), part) in sums.iter().zip(&parts) {
+        dbias[part.clone()].copy_from_slice(bias);
+        for (v, sums) in by_id.chunks_exact(part.len()).enumerate() {
+            per_id[v * four_h + part.start..][..part.len()].copy_from_slice(sums);
         }
     }
 }

@@ -102,6 +102,23 @@ pub fn share(items: usize, index: usize, threads: usize) -> std::ops::Range<usiz
     (index * items / threads)..((index + 1) * items / threads)
 }
 
+/// `cols` columns cut into one contiguous part per rayon thread, each a whole number of 16-float
+/// cache lines (the last may be shorter): for sums over the rows of a row-major matrix that each
+/// thread keeps in its own part of every row, in row order, so the bits do not depend on the
+/// number of threads.
+pub fn column_parts(cols: usize) -> Vec<std::ops::Range<usize>> {
+    if cols == 0 {
+        return Vec::new();
+    }
+    let part = cols
+        .div_ceil(rayon::current_num_threads().max(1))
+        .next_multiple_of(16);
+    (0..cols)
+        .step_by(part)
+        .map(|c0| c0..(c0 + part).min(cols))
+        .collect()
+}
+
 /// A buffer that team members write in disjoint parts.
 ///
 /// Every use states which part a member owns and which barrier orders its writes before the

@@ -438,25 +438,26 @@ impl Studio {
             .finish_for_exit(std::time::Duration::from_secs(120));
     }
 
+    /// Reads the runs list again in the background; the old list stays until the new one is in.
+    fn reread_runs(&mut self) {
+        let runs_dir = self.train.settings.runs_dir.clone();
+        self.training_view.refresh(None, &runs_dir);
+    }
+
     fn handle_train_events(&mut self, events: Vec<TrainPanelEvent>) {
         for e in events {
             match e {
                 TrainPanelEvent::Checkpoint(path) => {
                     // The run's final checkpoint: the runs list shows it as it now is.
-                    self.training_view.runs = None;
+                    self.reread_runs();
                     self.generate.add_checkpoint(path.clone());
                     self.say(format!(
                         "checkpoint {} is ready in the Generate tab",
                         path.display()
                     ));
                 }
-                TrainPanelEvent::CheckpointSaved => {
-                    // The runs list reads the run's folder again: from its first checkpoint on,
-                    // the run is on disk and listed, not "no runs yet". The old list stays
-                    // until the new one is read.
-                    let runs_dir = self.train.settings.runs_dir.clone();
-                    self.training_view.refresh(None, &runs_dir);
-                }
+                // From its first checkpoint on, the run is on disk and listed, not "no runs yet".
+                TrainPanelEvent::CheckpointSaved => self.reread_runs(),
                 TrainPanelEvent::OpenView => self.central = Central::Training,
                 TrainPanelEvent::Message(m) => self.say(m),
                 TrainPanelEvent::Error(m) => self.fail(m),

@@ -150,7 +150,7 @@ impl TrainingView {
         dialogs: &dyn super::dialogs::Dialogs,
     ) -> Vec<ViewAction> {
         let mut actions = Vec::new();
-        self.poll();
+        // The app polls the listing every frame, shown or not (`poll`).
         if self.runs.is_none() && self.listing.is_none() {
             self.refresh(Some(ui.ctx().clone()), &panel.settings.runs_dir);
         }

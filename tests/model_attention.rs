@@ -243,3 +243,45 @@ fn the_dense_and_layer_norm_ops_refuse_shapes_that_do_not_fit() {
         .to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
+
+#[test]
+fn empty_batches_pass_through_and_a_non_finite_row_stays_in_its_row() {
+    // No rows: empty outputs, and the weights' gradients are zero, not garbage.
+    let linear = candle_nn::Linear::new(random(&[3, 5], 6), Some(random(&[3], 7)));
+    let empty = Tensor::zeros((0, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let weights = Tensor::zeros((0, 4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (out, grads) = gradients(
+        &[
+            empty,
+            linear.weight().clone(),
+            linear.bias().unwrap().clone(),
+        ],
+        &weights,
+        |t| {
+            let linear = candle_nn::Linear::new(t[1].clone(), Some(t[2].clone()));
+            echoai::model::dense(&t[0], &linear).unwrap()
+        },
+    );
+    assert_eq!(out.dims(), &[0, 4, 3]);
+    for g in &grads[1..] {
+        assert!(common::bits(g).iter().all(|&b| b == 0), "{g}");
+    }
+    let none = Tensor::zeros((0, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let normed = echoai::model::layer_norm(&none, &random(&[6], 8), &random(&[6], 9), 1e-5);
+    assert_eq!(normed.unwrap().dims(), &[0, 6]);
+    // A NaN or an infinity in one row leaves the other rows of the layer norm as they were.
+    let mut rows = random(&[3, 6], 10).to_vec2::<f32>().unwrap();
+    let (gain, shift) = (random(&[6], 11), random(&[6], 12));
+    let clean = Tensor::new(rows.clone(), &Device::Cpu).unwrap();
+    let clean = echoai::model::layer_norm(&clean, &gain, &shift, 1e-5).unwrap();
+    rows[1][2] = f32::NAN;
+    rows[1][4] = f32::INFINITY;
+    let dirty = Tensor::new(rows, &Device::Cpu).unwrap();
+    let dirty = echoai::model::layer_norm(&dirty, &gain, &shift, 1e-5).unwrap();
+    for r in [0, 2] {
+        let (a, b) = (clean.get(r).unwrap(), dirty.get(r).unwrap());
+        assert_eq!(common::bits(&a), common::bits(&b), "row {r}");
+    }
+    let row = dirty.get(1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(row.iter().all(|v| !v.is_finite()), "{row:?}");
+}

@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
-use super::gates::{BackwardRow, ForwardRow, Simd};
+use super::gates::{BackwardRow, ForwardRow, GateInput, Simd};
 use super::kernels::{Kernel, PANEL, Panels};
 use super::matmul::matmul;
 use super::scratch;
@@ -395,7 +395,7 @@ impl CustomOp3 for FusedLstmOp {
         let mut cells = scratch::take((t + 1) * b * h);
         cells[..b * h].copy_from_slice(&extra[four_h + b * h..]);
         // Training on vectors: the activated gates overwrite the input projection, which has the
-        // same layout and is read once, row by row, just before (each row staged in L1 first).
+        // same layout, each lane read just before the gate pass writes it (`GateInput::InGates`).
         // Writing them elsewhere cost a second [T, B, 4H] buffer (16 MB at the bundled size,
         // 128 MB at the CLI's) and a read for ownership of every line of it.
         let in_place = keep && self.input_kind != LayerInput::Ids;
@@ -437,7 +437,6 @@ impl CustomOp3 for FusedLstmOp {
                 let stream = streams_from_l3(4 * my.panels.len(), h);
                 let mut pre = vec![0f32; 4 * mb * width];
                 let mut spare_gates = vec![0f32; if keep { 0 } else { 4 * width }];
-                let mut staged = vec![0f32; if in_place { 4 * width } else { 0 }];
                 // tanh(c_t) is not kept: the backward pass recomputes it from c_t, bit for bit
                 // (`Simd::tanh_into`), instead of reading a [T, B, H] copy.
                 let mut spare_tanh = vec![0f32; width];
@@ -510,10 +509,9 @@ impl CustomOp3 for FusedLstmOp {
                         };
                         let t_out = &mut spare_tanh[..];
                         let input = if in_place {
-                            // The row's input projection, before the gates overwrite it.
-                            stage(&g_out, &mut staged)
+                            GateInput::InGates
                         } else {
-                            [0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n])
+                            GateInput::Given([0, 1, 2, 3].map(|g| &xproj[x_row + g * h..][..n]))
                         };
                         simd.forward(ForwardRow {
                             recurrent: [pre_at(0), pre_at(1), pre_at(2), pre_at(3)],
@@ -639,8 +637,8 @@ impl FusedLstmOp {
         });
 
         // Gate pre-activation gradients, time-major [T, B, 4H], every unit of every step's block
-        // by the team. They overwrite the saved gates, which have the same layout and are read
-        // once, row by row, just before (each row staged in L1 first): a separate buffer was one
+        // by the team. They overwrite the saved gates, which have the same layout, each lane read
+        // just before the gate pass writes it (`BackwardRow::gates`): a separate buffer was one
         // more [T, B, 4H] at the peak of a step (134 MB at the CLI's default size) and a read for
         // ownership of every line of it.
         let mut da = gates;
@@ -677,8 +675,7 @@ impl FusedLstmOp {
                 let mut dc = vec![0f32; mb * width];
                 // Per gate, this member's units of the bias gradient (by units).
                 let mut my_dbias = vec![0f32; if by_rows { 0 } else { 4 * width }];
-                // The row's gates, before their derivatives overwrite them, and tanh(c_t).
-                let mut staged = vec![0f32; 4 * width];
+                // tanh(c_t) of the row at hand.
                 let mut tanh_c = vec![0f32; width];
                 for bi in rows.clone() {
                     let row = (bi * (t + 1) + t) * h + j0;
@@ -696,16 +693,14 @@ impl FusedLstmOp {
                             [0, 1, 2, 3]
                                 .map(|g| da.slice_mut(gate_row + g * h..gate_row + g * h + n))
                         };
-                        let gates = stage(&da_row, &mut staged);
                         simd.tanh_into(&cells[row + b * h..][..n], &mut tanh_c[..n]);
                         simd.backward(BackwardRow {
-                            gates,
+                            gates: da_row,
                             tanh_c: &tanh_c[..n],
                             c_prev: &cells[row..row + n],
                             dh_out: &grad[(bi * (t + 1) + step) * h + j0..][..n],
                             dh_next: &dh_next[local..][..n],
                             dc: &mut dc[local..][..n],
-                            da: da_row,
                         });
                         if by_rows {
                             continue;
@@ -901,18 +896,6 @@ fn column_sums(
             per_id[v * four_h + part.start..][..part.len()].copy_from_slice(sums);
         }
     }
-}
-
-/// Copies a row's four gate segments into `staged` (four blocks of its length or more) and
-/// returns them there: a pass that overwrites the row in place reads them from the copy.
-fn stage<'a>(row: &[&mut [f32]; 4], staged: &'a mut [f32]) -> [&'a [f32]; 4] {
-    let n = row[0].len();
-    let width = staged.len() / 4;
-    for (segment, block) in row.iter().zip(staged.chunks_exact_mut(width)) {
-        block[..n].copy_from_slice(segment);
-    }
-    let staged = &*staged;
-    [0, 1, 2, 3].map(|g| &staged[g * width..][..n])
 }
 
 /// Whether a member's `panels` panels of depth `k` outgrow a core's L2 (1-2 MB on current x86

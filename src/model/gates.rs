@@ -70,7 +70,7 @@ pub struct ForwardRow<'a> {
     /// `h_{t-1} W_hh^T` for gates i, f, g, o.
     pub recurrent: [&'a [f32]; 4],
     /// `x_t W_ih^T` for gates i, f, g, o.
-    pub input: [&'a [f32]; 4],
+    pub input: GateInput<'a>,
     pub bias: [&'a [f32]; 4],
     pub c_prev: &'a [f32],
     pub c: &'a mut [f32],
@@ -80,19 +80,54 @@ pub struct ForwardRow<'a> {
     pub tanh_c: &'a mut [f32],
 }
 
+/// Where a forward row finds its input projection `x_t W_ih^T`.
+pub enum GateInput<'a> {
+    Given([&'a [f32]; 4]),
+    /// In the row's `gates` themselves, which the activations then overwrite: each lane is read
+    /// before it is written, so training needs no copy of the row (one `[T, B, 4H]` buffer
+    /// holds the projection, then the gates).
+    InGates,
+}
+
+impl<'a> ForwardRow<'a> {
+    /// The input slices and whether they are the gates' own: a kernel reads lane `j` of the
+    /// input from `gates` then, before it writes the activations there.
+    fn split_input(&self) -> ([&'a [f32]; 4], bool) {
+        match self.input {
+            GateInput::Given(x) => (x, false),
+            GateInput::InGates => ([&[]; 4], true),
+        }
+    }
+}
+
 #[inline(always)]
 fn forward_impl<const FUSED: bool>(row: ForwardRow) {
+    match row.split_input() {
+        (_, true) => forward_lanes::<FUSED, true>(row),
+        (_, false) => forward_lanes::<FUSED, false>(row),
+    }
+}
+
+/// [`forward_impl`] with the input's place fixed at compile time, so each loop vectorises.
+#[inline(always)]
+fn forward_lanes<const FUSED: bool, const IN_GATES: bool>(row: ForwardRow) {
     let n = row.h.len();
+    let (input, _) = row.split_input();
     let [ri, rf, rg, ro] = row.recurrent.map(|s| &s[..n]);
-    let [xi, xf, xg, xo] = row.input.map(|s| &s[..n]);
+    let [xi, xf, xg, xo] = input.map(|s| if IN_GATES { s } else { &s[..n] });
     let [bi, bf, bg, bo] = row.bias.map(|s| &s[..n]);
     let [gi, gf, gg, go] = row.gates.map(|s| &mut s[..n]);
     let (c_prev, c, tanh_c) = (&row.c_prev[..n], &mut row.c[..n], &mut row.tanh_c[..n]);
     for j in 0..n {
-        let i = sigmoid_with::<FUSED>(ri[j] + xi[j] + bi[j]);
-        let f = sigmoid_with::<FUSED>(rf[j] + xf[j] + bf[j]);
-        let g = tanh_with::<FUSED>(rg[j] + xg[j] + bg[j]);
-        let o = sigmoid_with::<FUSED>(ro[j] + xo[j] + bo[j]);
+        let x = if IN_GATES {
+            [gi[j], gf[j], gg[j], go[j]]
+        } else {
+            [xi[j], xf[j], xg[j], xo[j]]
+        };
+        let i = sigmoid_with::<FUSED>(ri[j] + x[0] + bi[j]);
+        let f = sigmoid_with::<FUSED>(rf[j] + x[1] + bf[j]);
+        let g = tanh_with::<FUSED>(rg[j] + x[2] + bg[j]);
+        let o = sigmoid_with::<FUSED>(ro[j] + x[3] + bo[j]);
         // c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
         let c_t = madd::<FUSED>(f, c_prev[j], i * g);
         let t = tanh_with::<FUSED>(c_t);
@@ -108,7 +143,9 @@ fn forward_impl<const FUSED: bool>(row: ForwardRow) {
 
 /// One batch row of a backward step, restricted to a team member's hidden units.
 pub struct BackwardRow<'a> {
-    pub gates: [&'a [f32]; 4],
+    /// In: the activated gates i, f, g, o; out: the gradients of their pre-activations (each
+    /// lane read before it is written, so the saved gates need no copy).
+    pub gates: [&'a mut [f32]; 4],
     pub tanh_c: &'a [f32],
     pub c_prev: &'a [f32],
     /// The loss gradient reaching `h_t` from above, and from step `t + 1`.
@@ -116,25 +153,22 @@ pub struct BackwardRow<'a> {
     pub dh_next: &'a [f32],
     /// In: the gradient reaching `c_t` from step `t + 1`; out: the one reaching `c_{t-1}`.
     pub dc: &'a mut [f32],
-    /// Out: gradients of the gate pre-activations i, f, g, o.
-    pub da: [&'a mut [f32]; 4],
 }
 
 #[inline(always)]
 fn backward_impl(row: BackwardRow) {
     let n = row.dc.len();
-    let [gi, gf, gg, go] = row.gates.map(|s| &s[..n]);
-    let [di, df, dg, d_o] = row.da.map(|s| &mut s[..n]);
+    let [gi, gf, gg, go] = row.gates.map(|s| &mut s[..n]);
     let (tanh_c, c_prev) = (&row.tanh_c[..n], &row.c_prev[..n]);
     let (dh_out, dh_next, dc_io) = (&row.dh_out[..n], &row.dh_next[..n], &mut row.dc[..n]);
     for j in 0..n {
         let (i, f, g, o, t) = (gi[j], gf[j], gg[j], go[j], tanh_c[j]);
         let dh = dh_out[j] + dh_next[j];
         let dc = dc_io[j] + dh * o * (1.0 - t * t);
-        di[j] = dc * g * i * (1.0 - i);
-        df[j] = dc * c_prev[j] * f * (1.0 - f);
-        dg[j] = dc * i * (1.0 - g * g);
-        d_o[j] = dh * t * o * (1.0 - o);
+        gi[j] = dc * g * i * (1.0 - i);
+        gf[j] = dc * c_prev[j] * f * (1.0 - f);
+        gg[j] = dc * i * (1.0 - g * g);
+        go[j] = dh * t * o * (1.0 - o);
         dc_io[j] = dc * f;
     }
 }
@@ -258,8 +292,9 @@ unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) -> f32 {
 unsafe fn forward_avx512(row: ForwardRow) {
     use std::arch::x86_64::*;
     let n = row.h.len();
+    let (input, in_gates) = row.split_input();
     let [ri, rf, rg, ro] = row.recurrent.map(|s| &s[..n]);
-    let [xi, xf, xg, xo] = row.input.map(|s| &s[..n]);
+    let [xi, xf, xg, xo] = input.map(|s| if in_gates { s } else { &s[..n] });
     let [bi, bf, bg, bo] = row.bias.map(|s| &s[..n]);
     let [gi, gf, gg, go] = row.gates.map(|s| &mut s[..n]);
     let (c_prev, c, tanh_c, h) = (
@@ -275,13 +310,17 @@ unsafe fn forward_avx512(row: ForwardRow) {
         // j .. min(j + 16, n); AVX-512F is present (this function's target feature).
         unsafe {
             let load = |s: &[f32]| _mm512_maskz_loadu_ps(mask, s.as_ptr().add(j));
-            let pre = |r: &[f32], x: &[f32], b: &[f32]| {
-                _mm512_add_ps(_mm512_add_ps(load(r), load(x)), load(b))
+            let x = if in_gates {
+                [load(gi), load(gf), load(gg), load(go)]
+            } else {
+                [load(xi), load(xf), load(xg), load(xo)]
             };
-            let i = sigmoid16(pre(ri, xi, bi));
-            let f = sigmoid16(pre(rf, xf, bf));
-            let g = tanh16(pre(rg, xg, bg));
-            let o = sigmoid16(pre(ro, xo, bo));
+            let pre =
+                |r: &[f32], x: __m512, b: &[f32]| _mm512_add_ps(_mm512_add_ps(load(r), x), load(b));
+            let i = sigmoid16(pre(ri, x[0], bi));
+            let f = sigmoid16(pre(rf, x[1], bf));
+            let g = tanh16(pre(rg, x[2], bg));
+            let o = sigmoid16(pre(ro, x[3], bo));
             let c_t = _mm512_fmadd_ps(f, load(c_prev), _mm512_mul_ps(i, g));
             let t = tanh16(c_t);
             let store =
@@ -507,7 +546,7 @@ mod tests {
                 let [g0, g1, g2, g3] = &mut g;
                 simd.forward(ForwardRow {
                     recurrent: [&pre, &pre, &pre, &pre],
-                    input: [&zeros, &zeros, &zeros, &zeros],
+                    input: GateInput::Given([&zeros, &zeros, &zeros, &zeros]),
                     bias: [&zeros, &zeros, &zeros, &zeros],
                     c_prev: &zeros,
                     c: &mut c,
@@ -557,7 +596,7 @@ mod tests {
                 let [g0, g1, g2, g3] = &mut g;
                 simd.forward(ForwardRow {
                     recurrent: [&r[0], &r[1], &r[2], &r[3]],
-                    input: [&x[0], &x[1], &x[2], &x[3]],
+                    input: GateInput::Given([&x[0], &x[1], &x[2], &x[3]]),
                     bias: [&b[0], &b[1], &b[2], &b[3]],
                     c_prev: &c_prev,
                     c: &mut c,
@@ -576,10 +615,36 @@ mod tests {
                 close(t[j], t_ref, "tanh c", simd);
                 close(h[j], h_ref, "h", simd);
             }
+            // Training keeps the input projection in the gates' place: the same bits.
+            let (mut c2, mut h2, mut t2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            let mut g2 = x.clone();
+            {
+                let [g0, g1, g2, g3] = &mut g2;
+                simd.forward(ForwardRow {
+                    recurrent: [&r[0], &r[1], &r[2], &r[3]],
+                    input: GateInput::InGates,
+                    bias: [&b[0], &b[1], &b[2], &b[3]],
+                    c_prev: &c_prev,
+                    c: &mut c2,
+                    h: &mut h2,
+                    gates: [g0, g1, g2, g3],
+                    tanh_c: &mut t2,
+                });
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for (what, given, in_gates) in [("c", &c, &c2), ("h", &h, &h2), ("tanh c", &t, &t2)]
+                .into_iter()
+                .chain((0..4).map(|q| ("gate", &g[q], &g2[q])))
+            {
+                assert_eq!(
+                    bits(given),
+                    bits(in_gates),
+                    "{simd:?} {what} with the input in place"
+                );
+            }
             // The backward pass recomputes tanh(c_t): it must be the forward's, bit for bit.
             let mut again = vec![f32::NAN; n];
             simd.tanh_into(&c, &mut again);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&again), bits(&t), "{simd:?} tanh(c) recomputed");
         }
         // The backward pass: gate derivatives and the carried cell gradient.
@@ -589,17 +654,16 @@ mod tests {
         let (dh_out, dh_next, dc_in) = (v(2.0), v(2.1), v(1.4));
         for simd in Simd::available() {
             let mut dc = dc_in.clone();
-            let mut da = [vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+            let mut da = gates.clone();
             {
                 let [d0, d1, d2, d3] = &mut da;
                 simd.backward(BackwardRow {
-                    gates: [&gates[0], &gates[1], &gates[2], &gates[3]],
+                    gates: [d0, d1, d2, d3],
                     tanh_c: &tanh_c,
                     c_prev: &c_prev,
                     dh_out: &dh_out,
                     dh_next: &dh_next,
                     dc: &mut dc,
-                    da: [d0, d1, d2, d3],
                 });
             }
             for j in 0..n {

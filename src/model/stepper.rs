@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::gates::{ForwardRow, Simd};
+use super::gates::{ForwardRow, GateInput, Simd};
 use super::kernels::{Kernel, PANEL, Panels, PanelsBf16, dot};
 use super::{MusicModel, State};
 
@@ -387,7 +387,7 @@ impl<'m> Stepper<'m> {
                 let h_out = &mut buf.rows[l][bi * layer.k + x_width..][..h];
                 p.simd.forward(ForwardRow {
                     recurrent: [0, 1, 2, 3].map(|g| &pre[g * h..(g + 1) * h]),
-                    input: [0, 1, 2, 3].map(|g| &input[g * h..(g + 1) * h]),
+                    input: GateInput::Given([0, 1, 2, 3].map(|g| &input[g * h..(g + 1) * h])),
                     bias: [0, 1, 2, 3].map(|g| &layer.bias[g * h..(g + 1) * h]),
                     c_prev: &buf.cells[l][bi * h..(bi + 1) * h],
                     c: &mut buf.next_cell,

@@ -117,13 +117,41 @@ fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> u
     let stride = dm.t + KEY_BLOCK;
     out.clear();
     out.resize(dm.d * stride, 0.0);
-    for s in 0..dm.t {
-        let row = &rows.at(dm, s)[column..column + dm.d];
-        for (k, &v) in row.iter().enumerate() {
-            out[k * stride + s] = v;
+    // In square tiles, so that the lines a tile reads and writes stay in L1: position by
+    // position, each wrote one value to each of `d` lines (a tenth of the band forward's time).
+    const TILE: usize = 16;
+    for s0 in (0..dm.t).step_by(TILE) {
+        for k0 in (0..dm.d).step_by(TILE) {
+            let k_end = (k0 + TILE).min(dm.d);
+            for s in s0..(s0 + TILE).min(dm.t) {
+                let row = &rows.at(dm, s)[column + k0..column + k_end];
+                for (k, &v) in (k0..).zip(row) {
+                    out[k * stride + s] = v;
+                }
+            }
         }
     }
     stride
+}
+
+/// One head's `d` columns of every position, from column `column` of `rows` (row stride
+/// `stride`), packed as `[T, d]`. The rows of `qkv` (3 KB at H256) and of the gradient (1 KB) sit
+/// a multiple of 1 KB apart, so the 64 rows a position reads map to a quarter of L1's sets and
+/// evict each other; packed, consecutive rows fill consecutive sets (docs/BENCHMARKS.md, issue
+/// 14 seventh pass).
+#[inline(always)]
+fn pack_head(
+    t: usize,
+    d: usize,
+    values: &[f32],
+    (stride, column): (usize, usize),
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.reserve(t * d);
+    for s in 0..t {
+        out.extend_from_slice(&values[s * stride + column..][..d]);
+    }
 }
 
 /// `out[j] = x . column(first + j)` of a [`transpose_head`] table, KEY_BLOCK positions at a time.
@@ -172,6 +200,9 @@ fn weighted_rows<'a, const FUSED: bool>(
                 *sum = madd::<FUSED>(w, v, *sum);
             }
         }
+        // A fixed length: over a slice the compiler peeled up to 31 scalar adds to align `out`
+        // (an eighth of the band forward's samples).
+        let out: &mut [f32; KEY_BLOCK] = (&mut out[..KEY_BLOCK]).try_into().expect("KEY_BLOCK");
         for (o, sum) in out.iter_mut().zip(sums) {
             *o += sum;
         }
@@ -191,9 +222,18 @@ fn forward_sequence<const FUSED: bool>(
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
     let (mut keys, mut by_position) = (Vec::new(), vec![0f32; window]);
+    let mut values = Vec::new();
+    let sequence = &rows.qkv[rows.bi * dm.t * 3 * hidden..][..dm.t * 3 * hidden];
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, hidden + at, &mut keys);
+        pack_head(
+            dm.t,
+            d,
+            sequence,
+            (3 * hidden, 2 * hidden + at),
+            &mut values,
+        );
         for pos in 0..dm.t {
             let q = &rows.at(dm, pos)[at..at + d];
             let p = &mut probs[(head * dm.t + pos) * window..][..window];
@@ -208,7 +248,7 @@ fn forward_sequence<const FUSED: bool>(
             // training step fell from 3.5 % to 3.0 % in `perf` (docs/BENCHMARKS.md).
             let sum = simd.exp_shifted(&mut p[..reach], max);
             p[..reach].iter_mut().for_each(|weight| *weight /= sum);
-            let v = |back: usize| &rows.at(dm, pos - back)[2 * hidden + at..][..d];
+            let v = |back: usize| &values[(pos - back) * d..][..d];
             weighted_rows::<FUSED>(&p[..reach], v, &mut context[pos * hidden + at..][..d]);
         }
     }
@@ -230,12 +270,17 @@ fn backward_sequence<const FUSED: bool>(
     // Per position and key, `ds * scale`: the weight of k_s in dq_pos and of q_pos in dk_s.
     let mut scaled = vec![0f32; dm.t * window];
     let (mut p_seen, mut scaled_seen) = (vec![0f32; window], vec![0f32; window]);
+    let (mut queries, mut keys, mut grads) = (Vec::new(), Vec::new(), Vec::new());
+    let sequence = &rows.qkv[rows.bi * dm.t * 3 * hidden..][..dm.t * 3 * hidden];
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, 2 * hidden + at, &mut values);
+        pack_head(dm.t, d, sequence, (3 * hidden, at), &mut queries);
+        pack_head(dm.t, d, sequence, (3 * hidden, hidden + at), &mut keys);
+        pack_head(dm.t, d, grad, (hidden, at), &mut grads);
         let probs = &probs[head * dm.t * window..][..dm.t * window];
         for pos in 0..dm.t {
-            let g = &grad[pos * hidden + at..][..d];
+            let g = &grads[pos * d..][..d];
             let p = &probs[pos * window..][..window];
             let reach = dm.reach(pos);
             products::<FUSED>(
@@ -255,7 +300,7 @@ fn backward_sequence<const FUSED: bool>(
                 dbias[head * window + back] += ds;
                 scaled[back] = ds * scale;
             }
-            let k = |back: usize| &rows.at(dm, pos - back)[hidden + at..][..d];
+            let k = |back: usize| &keys[(pos - back) * d..][..d];
             weighted_rows::<FUSED>(&scaled[..reach], k, &mut dqkv[pos * 3 * hidden + at..][..d]);
         }
         // Per key position s, over the positions s + i that see it (i = how far back it is from
@@ -267,10 +312,10 @@ fn backward_sequence<const FUSED: bool>(
                 p_seen[i] = probs[(s + i) * window + i];
                 scaled_seen[i] = scaled[(s + i) * window + i];
             }
-            let g = |i: usize| &grad[(s + i) * hidden + at..][..d];
+            let g = |i: usize| &grads[(s + i) * d..][..d];
             let dv = &mut dqkv[s * 3 * hidden + 2 * hidden + at..][..d];
             weighted_rows::<FUSED>(&p_seen[..seen], g, dv);
-            let q = |i: usize| &rows.at(dm, s + i)[at..at + d];
+            let q = |i: usize| &queries[(s + i) * d..][..d];
             let dk = &mut dqkv[s * 3 * hidden + hidden + at..][..d];
             weighted_rows::<FUSED>(&scaled_seen[..seen], q, dk);
         }

@@ -25,29 +25,29 @@ pub fn dense(x: &Tensor, linear: &candle_nn::Linear) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() == 0 {
         return linear.forward(x);
     }
-    let weight = linear.weight();
-    let input = x.dim(candle_core::D::Minus1)?;
-    let rows = x.elem_count() / input.max(1);
-    let y = x.contiguous()?.reshape((rows, input))?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        DenseOp,
-    )?;
-    let mut dims = x.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = weight.dim(0)?;
-    }
-    y.reshape(dims)
+    // The op takes `x` with its leading dimensions as they are: a reshape on either side is a
+    // graph node whose backward pass costs a zeroed tensor and an add of the gradient's size.
+    x.contiguous()?
+        .apply_op3(&linear.weight().contiguous()?, &bias.contiguous()?, DenseOp)
 }
 
-/// `(rows, In, Out)` of `x [rows, In]`, `w [Out, In]`, `b [Out]`.
+/// `(rows, In, Out)` of `x [.., In]`, `w [Out, In]`, `b [Out]`.
 fn sizes(x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usize, usize)> {
-    let (rows, input) = x.dims2()?;
+    let input = x.dims().last().copied().unwrap_or(0);
     let (out, w_input) = w.dims2()?;
-    if w_input != input || b.dims1()? != out {
+    if x.rank() == 0 || w_input != input || b.dims1()? != out {
         bail!("dense: shapes {x:?} {w:?} {b:?} do not fit together")
     }
-    Ok((rows, input, out))
+    Ok((x.elem_count() / input.max(1), input, out))
+}
+
+/// `x`'s shape with the last dimension `last`.
+fn with_last(x: &Shape, last: usize) -> Shape {
+    let mut dims = x.dims().to_vec();
+    if let Some(end) = dims.last_mut() {
+        *end = last;
+    }
+    Shape::from(dims)
 }
 
 impl CustomOp3 for DenseOp {
@@ -85,7 +85,7 @@ impl CustomOp3 for DenseOp {
                 *value += b;
             }
         });
-        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+        Ok((CpuStorage::F32(y), with_last(l1.shape(), out)))
     }
 
     fn bwd(
@@ -98,6 +98,7 @@ impl CustomOp3 for DenseOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, input, out) = sizes(x.shape(), w.shape(), b.shape())?;
         let device = x.device();
+        let x_shape = x.shape();
         with_values(dy, |dy: &[f32]| {
             with_values(x, |x: &[f32]| {
                 with_values(w, |w: &[f32]| {
@@ -124,7 +125,7 @@ impl CustomOp3 for DenseOp {
                     );
                     let db = column_sums(dy, out);
                     Ok((
-                        Some(Tensor::from_vec(dx, (rows, input), device)?),
+                        Some(Tensor::from_vec(dx, x_shape.clone(), device)?),
                         Some(Tensor::from_vec(dw, (out, input), device)?),
                         Some(Tensor::from_vec(db, out, device)?),
                     ))

@@ -27,25 +27,22 @@ pub fn layer_norm(x: &Tensor, gain: &Tensor, shift: &Tensor, eps: f32) -> Result
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() == 0 {
         return candle_nn::ops::layer_norm_slow(x, gain, shift, eps);
     }
-    let width = x.dim(candle_core::D::Minus1)?;
-    let rows = x.elem_count() / width.max(1);
-    x.contiguous()?
-        .reshape((rows, width))?
-        .apply_op3(
-            &gain.contiguous()?,
-            &shift.contiguous()?,
-            LayerNormOp { eps },
-        )?
-        .reshape(x.dims())
+    // Leading dimensions as they are: a reshape is a graph node whose backward pass costs a
+    // zeroed tensor and an add of the gradient's size.
+    x.contiguous()?.apply_op3(
+        &gain.contiguous()?,
+        &shift.contiguous()?,
+        LayerNormOp { eps },
+    )
 }
 
-/// `(rows, width)` of `x [rows, width]` with a gain and shift of `[width]`.
+/// `(rows, width)` of `x [.., width]` with a gain and shift of `[width]`.
 fn sizes(x: &Shape, gain: &Shape, shift: &Shape) -> Result<(usize, usize)> {
-    let (rows, width) = x.dims2()?;
-    if gain.dims1()? != width || shift.dims1()? != width || width == 0 {
+    let width = x.dims().last().copied().unwrap_or(0);
+    if x.rank() == 0 || gain.dims1()? != width || shift.dims1()? != width || width == 0 {
         bail!("layer norm: shapes {x:?} {gain:?} {shift:?} do not fit together")
     }
-    Ok((rows, width))
+    Ok((x.elem_count() / width, width))
 }
 
 /// A row's mean and `1 / sqrt(var + eps)`, in the composed version's order: the mean first,
@@ -84,7 +81,7 @@ impl CustomOp3 for LayerNormOp {
                     *o = (v - mean) * rstd * g + s;
                 }
             });
-        Ok((CpuStorage::F32(y), Shape::from((rows, width))))
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     fn bwd(
@@ -97,6 +94,7 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, width) = sizes(x.shape(), gain.shape(), shift.shape())?;
         let device = x.device();
+        let x_shape = x.shape();
         let eps = self.eps;
         with_values(dy, |dy: &[f32]| {
             with_values(x, |x: &[f32]| {
@@ -141,7 +139,7 @@ impl CustomOp3 for LayerNormOp {
                         dshift.iter_mut().zip(s).for_each(|(a, b)| *a += b);
                     }
                     Ok((
-                        Some(Tensor::from_vec(dx, (rows, width), device)?),
+                        Some(Tensor::from_vec(dx, x_shape.clone(), device)?),
                         Some(Tensor::from_vec(dgain, width, device)?),
                         Some(Tensor::from_vec(dshift, width, device)?),
                     ))

@@ -234,7 +234,8 @@ impl MusicModel {
                 let targets = Tensor::cat(&[&targets.reshape((b, t))?, &ignored], 1)?;
                 (out.clone(), targets.flatten_all()?)
             }
-            Sequence::States(h) => (h.reshape((b * t, hidden))?, targets),
+            // `[B, T, H]` as it is: the op reads rows over every leading dimension.
+            Sequence::States(h) => (h.clone(), targets),
         };
         let h = h.contiguous()?;
         let keep = h.track_op() || wb.track_op();

@@ -109,12 +109,18 @@ impl Rows<'_> {
 /// product per key ended in a horizontal sum each.
 const KEY_BLOCK: usize = 64;
 
+/// Positions scored together by [`BandScores`]: each load of keys serves all of them.
+const QUERIES: usize = 4;
+
+/// Keys a group of [`QUERIES`] positions scores: the union of their bands (up to W + 3 keys).
+const GROUP_KEYS: usize = 80;
+
 /// One head's `d` columns of every position, from column `column` of the rows, transposed:
-/// `out[k * stride + s]` for position `s`. Returns `stride` (`T + KEY_BLOCK`): the positions past
-/// `T` are zero, so a block of keys that runs past the last position reads zeros.
+/// `out[k * stride + s]` for position `s`. Returns `stride` (`T + GROUP_KEYS`): the positions
+/// past `T` are zero, so a block of keys that runs past the last position reads zeros.
 #[inline(always)]
 fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> usize {
-    let stride = dm.t + KEY_BLOCK;
+    let stride = dm.t + GROUP_KEYS.max(KEY_BLOCK);
     out.clear();
     out.resize(dm.d * stride, 0.0);
     // In square tiles, so that the lines a tile reads and writes stay in L1: position by
@@ -176,6 +182,77 @@ fn products<const FUSED: bool>(
     }
 }
 
+/// The scores `x_pos . column(s)` of a [`transpose_head`] table over the keys `s` each position
+/// sees, a position or a group at a time. Four consecutive positions whose bands fit [`GROUP_KEYS`] are scored together: per
+/// feature, one load of the keys feeds four positions' sums, where one position at a time waited
+/// on the loads (each sum is the same chain of multiply-adds either way, so the same bits).
+struct BandScores {
+    group: [[f32; GROUP_KEYS]; QUERIES],
+    /// The first position and key of the group in `group`, or `usize::MAX` for one position in
+    /// `single`.
+    first: (usize, usize),
+    single: Vec<f32>,
+}
+
+impl BandScores {
+    fn new(window: usize) -> Self {
+        BandScores {
+            group: [[0.0; GROUP_KEYS]; QUERIES],
+            first: (0, usize::MAX),
+            single: vec![0.0; window],
+        }
+    }
+
+    /// Scores position `pos` and, where they fit one group, the next three, from `x [T, d]`
+    /// packed and the key table; returns how many positions [`BandScores::of`] now gives.
+    #[inline(always)]
+    fn score<const FUSED: bool>(
+        &mut self,
+        dm: &Dims,
+        x: &[f32],
+        (table, stride): (&[f32], usize),
+        pos: usize,
+    ) -> usize {
+        let d = dm.d;
+        let first = pos + 1 - dm.reach(pos);
+        if pos + QUERIES <= dm.t && pos + QUERIES - first <= GROUP_KEYS {
+            let mut sums = [[0f32; GROUP_KEYS]; QUERIES];
+            for k in 0..d {
+                let row: &[f32; GROUP_KEYS] = table[k * stride + first..][..GROUP_KEYS]
+                    .try_into()
+                    .expect("GROUP_KEYS");
+                for (q, sums) in sums.iter_mut().enumerate() {
+                    let xk = x[(pos + q) * d + k];
+                    for (sum, &v) in sums.iter_mut().zip(row) {
+                        *sum = madd::<FUSED>(xk, v, *sum);
+                    }
+                }
+            }
+            self.group = sums;
+            self.first = (pos, first);
+            QUERIES
+        } else {
+            let scores = &mut self.single[..dm.reach(pos)];
+            products::<FUSED>(&x[pos * d..][..d], table, stride, first, scores);
+            self.first = (pos, usize::MAX);
+            1
+        }
+    }
+
+    /// The scores of position `pos` (one [`BandScores::score`] just gave), `[j]` for key
+    /// `pos + 1 - reach + j`.
+    #[inline(always)]
+    fn of(&self, dm: &Dims, pos: usize) -> &[f32] {
+        let reach = dm.reach(pos);
+        let (first_pos, first_key) = self.first;
+        if first_key == usize::MAX {
+            return &self.single[..reach];
+        }
+        let offset = pos + 1 - reach - first_key;
+        &self.group[pos - first_pos][offset..offset + reach]
+    }
+}
+
 /// `out += sum_i weights[i] * row(i)`, summed in `i` order, KEY_BLOCK features at a time in
 /// registers: adding each row into `out` in memory chained every add of a feature through a store
 /// and a load (about half of the band forward's samples in `perf annotate`).
@@ -221,12 +298,13 @@ fn forward_sequence<const FUSED: bool>(
 ) {
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
-    let (mut keys, mut by_position) = (Vec::new(), vec![0f32; window]);
-    let mut values = Vec::new();
+    let (mut keys, mut scores) = (Vec::new(), BandScores::new(window));
+    let (mut queries, mut values) = (Vec::new(), Vec::new());
     let sequence = &rows.qkv[rows.bi * dm.t * 3 * hidden..][..dm.t * 3 * hidden];
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, hidden + at, &mut keys);
+        pack_head(dm.t, d, sequence, (3 * hidden, at), &mut queries);
         pack_head(
             dm.t,
             d,
@@ -234,12 +312,14 @@ fn forward_sequence<const FUSED: bool>(
             (3 * hidden, 2 * hidden + at),
             &mut values,
         );
+        let mut scored = 0;
         for pos in 0..dm.t {
-            let q = &rows.at(dm, pos)[at..at + d];
+            if pos == scored {
+                scored += scores.score::<FUSED>(dm, &queries, (&keys, stride), pos);
+            }
+            let by_position = scores.of(dm, pos);
             let p = &mut probs[(head * dm.t + pos) * window..][..window];
-            let reach = dm.reach(pos);
-            let first = pos + 1 - reach;
-            products::<FUSED>(q, &keys, stride, first, &mut by_position[..reach]);
+            let reach = by_position.len();
             for (back, score) in p[..reach].iter_mut().enumerate() {
                 *score = by_position[reach - 1 - back] * scale + bias[head * window + back];
             }
@@ -266,7 +346,7 @@ fn backward_sequence<const FUSED: bool>(
     let (hidden, d, window) = (dm.hidden, dm.d, dm.window);
     let scale = 1.0 / (d as f32).sqrt();
     let mut dbias = vec![0f32; dm.heads * window];
-    let (mut values, mut by_position) = (Vec::new(), vec![0f32; window]);
+    let (mut values, mut scores) = (Vec::new(), BandScores::new(window));
     // Per position and key, `ds * scale`: the weight of k_s in dq_pos and of q_pos in dk_s.
     let mut scaled = vec![0f32; dm.t * window];
     let (mut p_seen, mut scaled_seen) = (vec![0f32; window], vec![0f32; window]);
@@ -279,17 +359,14 @@ fn backward_sequence<const FUSED: bool>(
         pack_head(dm.t, d, sequence, (3 * hidden, hidden + at), &mut keys);
         pack_head(dm.t, d, grad, (hidden, at), &mut grads);
         let probs = &probs[head * dm.t * window..][..dm.t * window];
+        let mut scored = 0;
         for pos in 0..dm.t {
-            let g = &grads[pos * d..][..d];
+            if pos == scored {
+                scored += scores.score::<FUSED>(dm, &grads, (&values, stride), pos);
+            }
+            let by_position = scores.of(dm, pos);
             let p = &probs[pos * window..][..window];
-            let reach = dm.reach(pos);
-            products::<FUSED>(
-                g,
-                &values,
-                stride,
-                pos + 1 - reach,
-                &mut by_position[..reach],
-            );
+            let reach = by_position.len();
             // dp = g . v_s; dscore = p (dp - sum p dp).
             let weighted: f32 = (0..reach)
                 .map(|back| p[back] * by_position[reach - 1 - back])
@@ -503,5 +580,55 @@ impl CustomOp2 for BandAttentionOp {
             Some(Tensor::from_vec(dqkv, (b, t, 3 * hidden), device)?),
             Some(Tensor::from_vec(dbias, (heads, window), device)?),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Grouped or one at a time, every position's scores are the same chains of multiply-adds.
+    #[test]
+    fn grouped_scores_have_the_bits_of_one_position_at_a_time() {
+        for (t, window, d) in [(13, 4, 8), (90, 70, 16), (9, 77, 5), (120, 78, 3)] {
+            let dm = Dims {
+                b: 1,
+                t,
+                hidden: d,
+                heads: 1,
+                d,
+                window,
+            };
+            let x: Vec<f32> = (0..t * d).map(|i| (i as f32 * 0.37).sin()).collect();
+            let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut table = Vec::new();
+            let stride = transpose_head(&dm, Rows { qkv: &qkv, bi: 0 }, d, &mut table);
+            let mut scores = BandScores::new(window);
+            let (mut scored, mut grouped) = (0, 0);
+            for pos in 0..t {
+                if pos == scored {
+                    let count = scores.score::<true>(&dm, &x, (&table, stride), pos);
+                    grouped += usize::from(count > 1);
+                    scored += count;
+                }
+                let reach = dm.reach(pos);
+                let mut alone = vec![0f32; reach];
+                products::<true>(
+                    &x[pos * d..][..d],
+                    &table,
+                    stride,
+                    pos + 1 - reach,
+                    &mut alone,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(scores.of(&dm, pos)),
+                    bits(&alone),
+                    "T {t} W {window} pos {pos}"
+                );
+            }
+            // Both paths ran: groups, and single positions (the tail, or bands too wide).
+            assert!(grouped > 0 && scored - 4 * grouped > 0, "T {t} W {window}");
+        }
     }
 }

@@ -38,8 +38,8 @@ pub fn matmul(
     };
     if parallel && threads > 1 && k >= 2 * m {
         // A weight gradient (`k` = every row of the batch): each thread multiplies its own
-        // columns single-threaded. `gemm`'s own split joins the threads after every depth block
-        // and ran these at 0.75-0.9x the rate (docs/BENCHMARKS.md, issue 14 seventh pass). Each
+        // columns single-threaded. `gemm`'s own split (a fork and join per depth block) ran these
+        // at 0.70-0.96x the rate in training steps (docs/BENCHMARKS.md, issue 14 seventh pass). Each
         // output is the same chain of multiply-adds either way (`gemm` blocks the depth by cache
         // size alone, not by `n`), so the bits do not change, nor depend on the thread count.
         let part = n.div_ceil(threads);

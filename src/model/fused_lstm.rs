@@ -120,7 +120,7 @@ impl TeamSplit {
                 // docs/BENCHMARKS.md, issue 14 fifth pass: without the barrier the bundled size's
                 // forward took 0.90x the time (median of five pairs). Seventh pass: at the
                 // reference size (8 rows per member each streaming a 4 MB W_hh, H512) the team's
-                // passes took 0.91-0.95x the time of the split by units, both splits interleaved
+                // passes took 0.90-0.95x the time of the split by units, both splits interleaved
                 // step by step in one process; a kernel-only measurement had put the streaming
                 // kernel at ~0.85x. 16 rows per member read each weight as often as the split by
                 // units does at B16; past 4 MB that is unmeasured, and units keep their share of

@@ -589,22 +589,33 @@ mod tests {
                 "{simd:?} {what}: {got} vs {want}"
             );
         };
-        for simd in Simd::available() {
+        // One forward row: `(gates, c, h, tanh c)`, the input given or in the gates' place.
+        let forward = |simd: Simd, in_gates: bool| {
             let (mut c, mut h, mut t) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            let mut g = [vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
-            {
-                let [g0, g1, g2, g3] = &mut g;
-                simd.forward(ForwardRow {
-                    recurrent: [&r[0], &r[1], &r[2], &r[3]],
-                    input: GateInput::Given([&x[0], &x[1], &x[2], &x[3]]),
-                    bias: [&b[0], &b[1], &b[2], &b[3]],
-                    c_prev: &c_prev,
-                    c: &mut c,
-                    h: &mut h,
-                    gates: [g0, g1, g2, g3],
-                    tanh_c: &mut t,
-                });
-            }
+            let mut g = if in_gates {
+                x.clone()
+            } else {
+                [vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]]
+            };
+            let [g0, g1, g2, g3] = &mut g;
+            simd.forward(ForwardRow {
+                recurrent: [&r[0], &r[1], &r[2], &r[3]],
+                input: if in_gates {
+                    GateInput::InGates
+                } else {
+                    GateInput::Given([&x[0], &x[1], &x[2], &x[3]])
+                },
+                bias: [&b[0], &b[1], &b[2], &b[3]],
+                c_prev: &c_prev,
+                c: &mut c,
+                h: &mut h,
+                gates: [g0, g1, g2, g3],
+                tanh_c: &mut t,
+            });
+            (g, c, h, t)
+        };
+        for simd in Simd::available() {
+            let (g, c, h, t) = forward(simd, false);
             for j in 0..n {
                 let pre = [0, 1, 2, 3].map(|q| (r[q][j] + x[q][j] + b[q][j]) as f64);
                 let (gates, c_ref, t_ref, h_ref) = Reference::forward(pre, c_prev[j] as f64);
@@ -616,21 +627,7 @@ mod tests {
                 close(h[j], h_ref, "h", simd);
             }
             // Training keeps the input projection in the gates' place: the same bits.
-            let (mut c2, mut h2, mut t2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            let mut g2 = x.clone();
-            {
-                let [g0, g1, g2, g3] = &mut g2;
-                simd.forward(ForwardRow {
-                    recurrent: [&r[0], &r[1], &r[2], &r[3]],
-                    input: GateInput::InGates,
-                    bias: [&b[0], &b[1], &b[2], &b[3]],
-                    c_prev: &c_prev,
-                    c: &mut c2,
-                    h: &mut h2,
-                    gates: [g0, g1, g2, g3],
-                    tanh_c: &mut t2,
-                });
-            }
+            let (g2, c2, h2, t2) = forward(simd, true);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for (what, given, in_gates) in [("c", &c, &c2), ("h", &h, &h2), ("tanh c", &t, &t2)]
                 .into_iter()

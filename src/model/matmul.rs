@@ -3,6 +3,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+/// The most columns a weight-gradient product has for [`matmul`] to split it by columns.
+const SPLIT_COLUMNS: usize = 256;
+
 /// `dst[m, n] = lhs[m, k] * rhs[k, n]` (row stride of `dst`: `dst_rs`), operands given with
 /// explicit (row, column) strides; split across the rayon pool when large.
 #[allow(clippy::too_many_arguments)]
@@ -36,12 +39,15 @@ pub fn matmul(
         lhs: (lhs.as_ptr() as usize, lhs_rs, lhs_cs),
         rhs: (rhs.as_ptr() as usize, rhs_rs, rhs_cs),
     };
-    if parallel && threads > 1 && k >= 2 * m {
-        // A weight gradient (`k` = every row of the batch): each thread multiplies its own
-        // columns single-threaded. `gemm`'s own split (a fork and join per depth block) ran these
-        // at 0.70-0.96x the rate in training steps (docs/BENCHMARKS.md, issue 14 seventh pass). Each
-        // output is the same chain of multiply-adds either way (`gemm` blocks the depth by cache
-        // size alone, not by `n`), so the bits do not change, nor depend on the thread count.
+    if parallel && threads > 1 && k >= 2 * m && n <= SPLIT_COLUMNS {
+        // A weight gradient (`k` = every row of the batch) with few columns: each thread
+        // multiplies its own columns single-threaded. `gemm`'s own split (a fork and join per
+        // depth block) ran these at 0.70-0.85x the rate in training steps; at 512 columns and
+        // more it was 0.9-1.03x, and each thread's own packed columns (4-8 MB, in its allocator
+        // arena) added 66-81 MB of peak memory at H512 (docs/BENCHMARKS.md, issue 14 seventh
+        // pass). Each output is the same chain of multiply-adds either way (`gemm` blocks the
+        // depth by cache size alone, not by `n`), so the bits do not change, nor depend on the
+        // thread count.
         let part = n.div_ceil(threads);
         (0..n)
             .step_by(part)
@@ -118,7 +124,7 @@ mod tests {
     /// one single-threaded `gemm` call (transposed and strided operands, ragged parts).
     #[test]
     fn the_column_split_has_the_bits_of_one_call() {
-        let (m, n, k) = (70, 101, 1_500);
+        let (m, n, k) = (70, SPLIT_COLUMNS - 3, 1_500);
         let value = |i: usize| ((i as f32) * 0.618).sin();
         // lhs is the transpose of a row-major [k, m] (as `da^T`), rhs row-major [k, n].
         let lhs: Vec<f32> = (0..k * m).map(value).collect();

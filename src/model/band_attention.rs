@@ -123,8 +123,9 @@ fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> u
     let stride = dm.t + GROUP_KEYS.max(KEY_BLOCK);
     out.clear();
     out.resize(dm.d * stride, 0.0);
-    // In square tiles, so that the lines a tile reads and writes stay in L1: position by
-    // position, each wrote one value to each of `d` lines (a tenth of the band forward's time).
+    // In square tiles, so that the lines a tile reads and writes stay in L1 (position by
+    // position, each wrote one value to each of `d` lines). Still about a tenth of the band
+    // forward's samples in `perf annotate`.
     const TILE: usize = 16;
     for s0 in (0..dm.t).step_by(TILE) {
         for k0 in (0..dm.d).step_by(TILE) {
@@ -183,23 +184,26 @@ fn products<const FUSED: bool>(
 }
 
 /// The scores `x_pos . column(s)` of a [`transpose_head`] table over the keys `s` each position
-/// sees, a position or a group at a time. Four consecutive positions whose bands fit [`GROUP_KEYS`] are scored together: per
-/// feature, one load of the keys feeds four positions' sums, where one position at a time waited
-/// on the loads (each sum is the same chain of multiply-adds either way, so the same bits).
+/// sees, a position or a group at a time. Four consecutive positions whose bands fit
+/// [`GROUP_KEYS`] are scored together: per feature, one load of the keys feeds four positions'
+/// sums, where one position at a time waited on the loads (each sum is the same chain of
+/// multiply-adds either way, so the same bits).
 struct BandScores {
     group: [[f32; GROUP_KEYS]; QUERIES],
-    /// The first position and key of the group in `group`, or `usize::MAX` for one position in
-    /// `single`.
-    first: (usize, usize),
     single: Vec<f32>,
+    /// The first position last scored.
+    first_pos: usize,
+    /// The group's first key, or `None` when the last call scored one position into `single`.
+    group_first_key: Option<usize>,
 }
 
 impl BandScores {
     fn new(window: usize) -> Self {
         BandScores {
             group: [[0.0; GROUP_KEYS]; QUERIES],
-            first: (0, usize::MAX),
             single: vec![0.0; window],
+            first_pos: 0,
+            group_first_key: None,
         }
     }
 
@@ -229,12 +233,12 @@ impl BandScores {
                 }
             }
             self.group = sums;
-            self.first = (pos, first);
+            (self.first_pos, self.group_first_key) = (pos, Some(first));
             QUERIES
         } else {
             let scores = &mut self.single[..dm.reach(pos)];
             products::<FUSED>(&x[pos * d..][..d], table, stride, first, scores);
-            self.first = (pos, usize::MAX);
+            (self.first_pos, self.group_first_key) = (pos, None);
             1
         }
     }
@@ -244,12 +248,13 @@ impl BandScores {
     #[inline(always)]
     fn of(&self, dm: &Dims, pos: usize) -> &[f32] {
         let reach = dm.reach(pos);
-        let (first_pos, first_key) = self.first;
-        if first_key == usize::MAX {
-            return &self.single[..reach];
+        match self.group_first_key {
+            Some(first_key) => {
+                let offset = pos + 1 - reach - first_key;
+                &self.group[pos - self.first_pos][offset..offset + reach]
+            }
+            None => &self.single[..reach],
         }
-        let offset = pos + 1 - reach - first_key;
-        &self.group[pos - first_pos][offset..offset + reach]
     }
 }
 

@@ -6,6 +6,9 @@ use rayon::prelude::*;
 /// The most columns a weight-gradient product has for [`matmul`] to split it by columns.
 const SPLIT_COLUMNS: usize = 256;
 
+/// The most threads [`matmul`] splits a product by columns over: measured on two.
+const SPLIT_THREADS: usize = 4;
+
 /// `dst[m, n] = lhs[m, k] * rhs[k, n]` (row stride of `dst`: `dst_rs`), operands given with
 /// explicit (row, column) strides; split across the rayon pool when large.
 #[allow(clippy::too_many_arguments)]
@@ -39,7 +42,7 @@ pub fn matmul(
         lhs: (lhs.as_ptr() as usize, lhs_rs, lhs_cs),
         rhs: (rhs.as_ptr() as usize, rhs_rs, rhs_cs),
     };
-    if parallel && threads > 1 && k >= 2 * m && n <= SPLIT_COLUMNS {
+    if parallel && (2..=SPLIT_THREADS).contains(&threads) && k >= 2 * m && n <= SPLIT_COLUMNS {
         // A weight gradient (`k` = every row of the batch) with few columns: each thread
         // multiplies its own columns single-threaded. `gemm`'s own split (a fork and join per
         // depth block) ran these at 0.70-0.85x the rate in training steps; at 512 columns and
@@ -47,7 +50,8 @@ pub fn matmul(
         // arena) added 66-81 MB of peak memory at H512 (docs/BENCHMARKS.md, issue 14 seventh
         // pass). Each output is the same chain of multiply-adds either way (`gemm` blocks the
         // depth by cache size alone, not by `n`), so the bits do not change, nor depend on the
-        // thread count.
+        // thread count. Each thread streams the whole left operand (`k x m`): past four threads
+        // (unmeasured; this was measured on two) `gemm`'s own split keeps the product.
         let part = n.div_ceil(threads);
         (0..n)
             .step_by(part)
@@ -139,7 +143,8 @@ mod tests {
         };
         // SAFETY: the buffers hold m x k, k x n and m x n values at these strides.
         unsafe { whole.columns(m, 0..n, Parallelism::None) };
-        for threads in [2, 3, 4] {
+        // 8 threads take `gemm`'s own split: the same bits too.
+        for threads in [2, 3, 4, 8] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()

@@ -182,6 +182,24 @@ fn gradients(
     (out, grads)
 }
 
+/// An op's output and gradients (from [`gradients`]) against the composed reference's: the shape
+/// `dims`, the output within 1e-5 and each gradient within `grad_tol`, relative.
+fn assert_matches(
+    (ours, our_grads): (Tensor, Vec<Tensor>),
+    (theirs, their_grads): (Tensor, Vec<Tensor>),
+    dims: &[usize],
+    grad_tol: f64,
+    what: &str,
+) {
+    assert_eq!(ours.dims(), dims, "{what}");
+    assert!(max_rel_err(&ours, &theirs) < 1e-5, "{what}");
+    assert_eq!(our_grads.len(), their_grads.len(), "{what}");
+    for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+        let err = max_rel_err(a, b);
+        assert!(err < grad_tol, "gradient {i} of {what}: {err}");
+    }
+}
+
 #[test]
 fn the_dense_op_matches_candle_nn_linear_forward_and_backward() {
     // Rows and widths off every tile and vector size; a 3-d input as the attention passes it.
@@ -198,12 +216,14 @@ fn the_dense_op_matches_candle_nn_linear_forward_and_backward() {
         let (theirs, their_grads) = gradients(&[x, w, b], &weights, |t| {
             candle_nn::Module::forward(&linear(t), &t[0]).unwrap()
         });
-        assert_eq!(ours.dims(), &[batch, time, output]);
-        assert!(max_rel_err(&ours, &theirs) < 1e-5);
-        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
-            let err = max_rel_err(a, b);
-            assert!(err < 1e-5, "gradient {i} of {input}->{output}: {err}");
-        }
+        let what = format!("{input}->{output}");
+        assert_matches(
+            (ours, our_grads),
+            (theirs, their_grads),
+            &[batch, time, output],
+            1e-5,
+            &what,
+        );
     }
 }
 
@@ -223,12 +243,14 @@ fn the_layer_norm_op_matches_the_composed_one_forward_and_backward() {
         let (theirs, their_grads) = gradients(&inputs, &weights, |t| {
             candle_nn::ops::layer_norm_slow(&t[0], &t[1], &t[2], 1e-5).unwrap()
         });
-        assert_eq!(ours.dims(), &[batch, time, width]);
-        assert!(max_rel_err(&ours, &theirs) < 1e-5);
-        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
-            let err = max_rel_err(a, b);
-            assert!(err < 1e-4, "gradient {i} of width {width}: {err}");
-        }
+        let what = format!("width {width}");
+        assert_matches(
+            (ours, our_grads),
+            (theirs, their_grads),
+            &[batch, time, width],
+            1e-4,
+            &what,
+        );
     }
 }
 

@@ -103,6 +103,12 @@ impl Rows<'_> {
         let width = 3 * dm.hidden;
         &self.qkv[(self.bi * dm.t + pos) * width..][..width]
     }
+
+    /// The sequence's rows together, `[T, 3H]`.
+    fn all(&self, dm: &Dims) -> &[f32] {
+        let len = dm.t * 3 * dm.hidden;
+        &self.qkv[self.bi * len..][..len]
+    }
 }
 
 /// Keys scored together: their sums stay in registers (four AVX-512 vectors), where one dot
@@ -305,7 +311,7 @@ fn forward_sequence<const FUSED: bool>(
     let scale = 1.0 / (d as f32).sqrt();
     let (mut keys, mut scores) = (Vec::new(), BandScores::new(window));
     let (mut queries, mut values) = (Vec::new(), Vec::new());
-    let sequence = &rows.qkv[rows.bi * dm.t * 3 * hidden..][..dm.t * 3 * hidden];
+    let sequence = rows.all(dm);
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, hidden + at, &mut keys);
@@ -356,7 +362,7 @@ fn backward_sequence<const FUSED: bool>(
     let mut scaled = vec![0f32; dm.t * window];
     let (mut p_seen, mut scaled_seen) = (vec![0f32; window], vec![0f32; window]);
     let (mut queries, mut keys, mut grads) = (Vec::new(), Vec::new(), Vec::new());
-    let sequence = &rows.qkv[rows.bi * dm.t * 3 * hidden..][..dm.t * 3 * hidden];
+    let sequence = rows.all(dm);
     for head in 0..dm.heads {
         let at = head * d;
         let stride = transpose_head(dm, rows, 2 * hidden + at, &mut values);

@@ -53,10 +53,9 @@ pub fn matmul(
         // thread count. Each thread streams the whole left operand (`k x m`): past four threads
         // (unmeasured; this was measured on two) `gemm`'s own split keeps the product.
         let part = n.div_ceil(threads);
-        (0..n)
-            .step_by(part)
-            .collect::<Vec<_>>()
+        (0..n.div_ceil(part))
             .into_par_iter()
+            .map(|index| index * part)
             .for_each(|first| {
                 // SAFETY: columns first..first + width of every operand, within the bounds
                 // asserted above; the parts' columns of `dst` are disjoint.

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use super::cpu_values::{poisoned, storage_values, take_saved, with_values};
 use super::gates::{PORTABLE_FUSED, Simd, madd};
 use super::kernels::axpy;
+use super::transpose::{TILE, transpose_tile};
 
 pub struct BandAttentionOp {
     heads: usize,
@@ -125,7 +126,7 @@ const GROUP_KEYS: usize = 80;
 /// `out[k * stride + s]` for position `s`. Returns `stride` (`T + GROUP_KEYS`): the positions
 /// past `T` are zero, so a block of keys that runs past the last position reads zeros.
 #[inline(always)]
-fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> usize {
+fn transpose_head(simd: Simd, dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> usize {
     let stride = dm.t + GROUP_KEYS.max(KEY_BLOCK);
     // Positions below T are all written below; the padding past T, zeroed once, stays zero when
     // the table is reused for the next head.
@@ -133,19 +134,17 @@ fn transpose_head(dm: &Dims, rows: Rows, column: usize, out: &mut Vec<f32>) -> u
         out.clear();
         out.resize(dm.d * stride, 0.0);
     }
-    // In square tiles, so that the lines a tile reads and writes stay in L1 (position by
-    // position, each wrote one value to each of `d` lines). Still about a tenth of the band
-    // forward's samples in `perf annotate`.
-    const TILE: usize = 16;
+    // In square tiles, so that the lines a tile reads and writes stay in L1.
     for s0 in (0..dm.t).step_by(TILE) {
+        let positions = s0..(s0 + TILE).min(dm.t);
         for k0 in (0..dm.d).step_by(TILE) {
-            let k_end = (k0 + TILE).min(dm.d);
-            for s in s0..(s0 + TILE).min(dm.t) {
-                let row = &rows.at(dm, s)[column + k0..column + k_end];
-                for (k, &v) in (k0..).zip(row) {
-                    out[k * stride + s] = v;
-                }
+            let features = column + k0..column + (k0 + TILE).min(dm.d);
+            let mut tile: [&[f32]; TILE] = [&[]; TILE];
+            for (row, s) in tile.iter_mut().zip(positions.clone()) {
+                *row = &rows.at(dm, s)[features.clone()];
             }
+            let first = k0 * stride + s0;
+            transpose_tile(simd, &tile[..positions.len()], &mut out[first..], stride);
         }
     }
     stride
@@ -268,9 +267,13 @@ impl BandScores {
     }
 }
 
-/// `out += sum_i weights[i] * row(i)`, summed in `i` order, KEY_BLOCK features at a time in
+/// `out = sum_i weights[i] * row(i)`, summed in `i` order, KEY_BLOCK features at a time in
 /// registers: adding each row into `out` in memory chained every add of a feature through a store
 /// and a load (about half of the band forward's samples in `perf annotate`).
+///
+/// `out` is written, never read: every row of the context and the gradients is one call's, and
+/// reading those cold lines to add to them stalled on each (12-16 % of the band kernels'
+/// samples; docs/BENCHMARKS.md, issue 14, eighth pass).
 #[inline(always)]
 fn weighted_rows<'a, const FUSED: bool>(
     weights: &[f32],
@@ -280,6 +283,7 @@ fn weighted_rows<'a, const FUSED: bool>(
     for start in (0..out.len()).step_by(KEY_BLOCK) {
         let out = &mut out[start..];
         if out.len() < KEY_BLOCK {
+            out.fill(0.0);
             for (i, &w) in weights.iter().enumerate() {
                 axpy(w, &row(i)[start..], out);
             }
@@ -292,12 +296,7 @@ fn weighted_rows<'a, const FUSED: bool>(
                 *sum = madd::<FUSED>(w, v, *sum);
             }
         }
-        // A fixed length: over a slice the compiler peeled up to 31 scalar adds to align `out`
-        // (an eighth of the band forward's samples).
-        let out: &mut [f32; KEY_BLOCK] = (&mut out[..KEY_BLOCK]).try_into().expect("KEY_BLOCK");
-        for (o, sum) in out.iter_mut().zip(sums) {
-            *o += sum;
-        }
+        out[..KEY_BLOCK].copy_from_slice(&sums);
     }
 }
 
@@ -318,7 +317,7 @@ fn forward_sequence<const FUSED: bool>(
     let sequence = rows.all(dm);
     for head in 0..dm.heads {
         let at = head * d;
-        let stride = transpose_head(dm, rows, hidden + at, &mut keys);
+        let stride = transpose_head(simd, dm, rows, hidden + at, &mut keys);
         pack_head(dm.t, d, sequence, (3 * hidden, at), &mut queries);
         pack_head(
             dm.t,
@@ -352,6 +351,7 @@ fn forward_sequence<const FUSED: bool>(
 /// One sequence's gradients: into `dqkv [T, 3H]`; returns this sequence's `d rel_bias`.
 #[inline(always)]
 fn backward_sequence<const FUSED: bool>(
+    simd: Simd,
     dm: &Dims,
     rows: Rows,
     grad: &[f32],
@@ -369,7 +369,7 @@ fn backward_sequence<const FUSED: bool>(
     let sequence = rows.all(dm);
     for head in 0..dm.heads {
         let at = head * d;
-        let stride = transpose_head(dm, rows, 2 * hidden + at, &mut values);
+        let stride = transpose_head(simd, dm, rows, 2 * hidden + at, &mut values);
         pack_head(dm.t, d, sequence, (3 * hidden, at), &mut queries);
         pack_head(dm.t, d, sequence, (3 * hidden, hidden + at), &mut keys);
         pack_head(dm.t, d, grad, (hidden, at), &mut grads);
@@ -442,7 +442,7 @@ fn simd_backward(
         Simd::Avx512 => unsafe { backward_avx512(dm, rows, grad, probs, dqkv) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { backward_avx2(dm, rows, grad, probs, dqkv) },
-        _ => backward_sequence::<PORTABLE_FUSED>(dm, rows, grad, probs, dqkv),
+        _ => backward_sequence::<PORTABLE_FUSED>(simd, dm, rows, grad, probs, dqkv),
     }
 }
 
@@ -467,7 +467,7 @@ unsafe fn backward_avx512(
     probs: &[f32],
     dqkv: &mut [f32],
 ) -> Vec<f32> {
-    backward_sequence::<true>(dm, rows, grad, probs, dqkv)
+    backward_sequence::<true>(Simd::Avx512, dm, rows, grad, probs, dqkv)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -479,7 +479,7 @@ unsafe fn backward_avx2(
     probs: &[f32],
     dqkv: &mut [f32],
 ) -> Vec<f32> {
-    backward_sequence::<true>(dm, rows, grad, probs, dqkv)
+    backward_sequence::<true>(Simd::Avx2, dm, rows, grad, probs, dqkv)
 }
 
 impl CustomOp2 for BandAttentionOp {
@@ -617,7 +617,13 @@ mod tests {
             let x: Vec<f32> = (0..t * d).map(|i| (i as f32 * 0.37).sin()).collect();
             let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut table = Vec::new();
-            let stride = transpose_head(&dm, Rows { qkv: &qkv, bi: 0 }, d, &mut table);
+            let stride = transpose_head(
+                Simd::detect(),
+                &dm,
+                Rows { qkv: &qkv, bi: 0 },
+                d,
+                &mut table,
+            );
             let mut scores = BandScores::new(window);
             let (mut scored, mut grouped) = (0, 0);
             for pos in 0..t {

@@ -36,6 +36,7 @@ mod stepper;
 mod team;
 pub mod team_waits;
 mod tiling;
+mod transpose;
 
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};

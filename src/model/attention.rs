@@ -128,8 +128,9 @@ impl LocalAttention {
     /// composed candle ops over a masked `T x T` matrix (the reference).
     pub fn forward_with(&self, h: &Tensor, banded: bool) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
-        // Once for both readers (the projection and the residual): the LSTM's output arrives as
-        // a view that skips each sequence's cell-state row.
+        // Once for both readers (the projection and the residual): off the CPU the LSTM's output
+        // arrives as a view that skips each sequence's cell-state row (on the CPU it arrives
+        // whole, `Sequence::WithCell`, and this is a no-op).
         let h = &h.contiguous()?;
         let qkv = dense(h, &self.qkv)?;
         if banded && band_op_runs_on(h.device()) && h.dtype() == DType::F32 && b * t > 0 {

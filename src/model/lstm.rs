@@ -28,7 +28,9 @@ pub enum Sequence {
     /// `h_1 .. h_T`, `[B, T, H]`.
     States(Tensor),
     /// The fused op's whole output on the CPU, `[B, T + 1, H]`: `h_1 .. h_T`, then `c_T`. The
-    /// layer above ([`LayerInput::Stacked`]) and the fused loss read it as it is.
+    /// layer above ([`LayerInput::Stacked`]), the attention block and the fused loss read it as
+    /// it is; after the attention block the last row is what the block made of `c_T`, which no
+    /// target reads.
     WithCell(Tensor),
 }
 

@@ -168,11 +168,20 @@ impl MusicModel {
             recurrence,
             dropout_rng,
         )?;
-        match &self.attention {
-            Some(attention) => Ok(Sequence::States(
-                attention.forward_with(&h.states()?, recurrence == Recurrence::Auto)?,
-            )),
-            None => Ok(h),
+        let Some(attention) = &self.attention else {
+            return Ok(h);
+        };
+        let banded = recurrence == Recurrence::Auto;
+        match h {
+            // The cell-state row rides through the block as one more position, after every real
+            // one: no real position attends to it (the band is causal) and the loss reads no
+            // target there, so its gradient is zero, as the narrowed view's was. That saves the
+            // copy to `[B, T, H]` and two gradient nodes (a zeroed tensor and an add each, at the
+            // bundled size 4 MB per node).
+            Sequence::WithCell(out) => {
+                Ok(Sequence::WithCell(attention.forward_with(&out, banded)?))
+            }
+            Sequence::States(h) => Ok(Sequence::States(attention.forward_with(&h, banded)?)),
         }
     }
 

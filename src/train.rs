@@ -541,13 +541,15 @@ fn run(
         );
         let inputs = Tensor::from_vec(inputs, (cfg.batch, cfg.seq_len), &s.device)?;
         let targets = Tensor::from_vec(targets, cfg.batch * cfg.seq_len, &s.device)?;
-        let loss = s.model.loss(&inputs, &targets, Some(&mut s.state.rng))?;
-        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let objective = s
+            .model
+            .training_loss(&inputs, &targets, Some(&mut s.state.rng))?;
+        let loss_value = objective.loss().to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let step = s.state.step;
         if !loss_value.is_finite() {
             return Err(non_finite(step + 1, loss_value, &s));
         }
-        let grads = loss.backward()?;
+        let grads = objective.gradients()?;
         let lr = cfg.lr_at(step);
         let norm = s.optimizer.step(&grads, lr, cfg.clip)?;
         if !norm.is_finite() {

@@ -12,6 +12,7 @@ use echoai::model::{
     FusedLstmOp, LayerInput, LstmStack, LstmState, ModelConfig, ModelKind, MusicModel, Recurrence,
     Stepper, TeamSplit, WeightPrecision,
 };
+use echoai::rng::Rng;
 
 const FIXTURE: &str = "tests/fixtures/lstm_parity.safetensors";
 
@@ -493,6 +494,56 @@ fn loss_and_gradients(loss: &Tensor, varmap: &VarMap) -> Vec<(String, Tensor)> {
         tensors.push((name.clone(), grad.clone()));
     }
     tensors
+}
+
+/// The `lstm` model's own backward pass (`training_loss`) gives the loss and every gradient of
+/// candle's autograd bit for bit: one to three layers, dropout between them, ragged sizes.
+#[test]
+fn the_direct_backward_pass_has_the_bits_of_candles() {
+    for (layers, dropout, hidden, batch, time) in
+        [(3, 0.3, 70, 3, 41), (1, 0.0, 16, 2, 5), (2, 0.5, 33, 5, 17)]
+    {
+        let config = ModelConfig {
+            kind: ModelKind::Lstm,
+            embed: 12,
+            hidden,
+            layers,
+            dropout,
+            ..ModelConfig::default()
+        };
+        let (varmap, model) = fresh_model(&config);
+        echoai::model::init::initialize(&varmap, &config, 5).unwrap();
+        let ids: Vec<u32> = (0..batch * (time + 1))
+            .map(|i| (i * 97 % 390) as u32)
+            .collect();
+        let ids = Tensor::from_vec(ids, (batch, time + 1), &Device::Cpu).unwrap();
+        let inputs = ids.narrow(1, 0, time).unwrap();
+        let targets = ids.narrow(1, 1, time).unwrap().flatten_all().unwrap();
+        let loss = model
+            .loss(&inputs, &targets, Some(&mut Rng::new(11)))
+            .unwrap();
+        let by_candle = loss_and_gradients(&loss, &varmap);
+        let objective = model
+            .training_loss(&inputs, &targets, Some(&mut Rng::new(11)))
+            .unwrap();
+        let loss = objective.loss().clone();
+        let grads = objective.gradients().unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        let vars = varmap.data().lock().unwrap();
+        for (name, want) in &by_candle {
+            let got = match name.as_str() {
+                "loss" => &loss,
+                _ => grads.get(vars[name].as_tensor()).expect("a gradient"),
+            };
+            assert_eq!(got.dims(), want.dims(), "{layers} layers: {name}");
+            assert_eq!(bits(got), bits(want), "{layers} layers: {name}");
+        }
+        // Every weight got one: the lists match name for name.
+        assert_eq!(by_candle.len(), vars.len() + 1);
+    }
 }
 
 /// The fused loss skips its own cell-state rows by a reserved target; a caller's target with that

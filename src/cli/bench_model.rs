@@ -10,7 +10,9 @@ use candle_nn::rnn::{LSTMConfig, RNN};
 use candle_nn::{Module, VarBuilder, VarMap};
 
 use crate::model::team_waits::WaitTotals;
-use crate::model::{ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, WeightPrecision};
+use crate::model::{
+    ModelConfig, ModelKind, MusicModel, Recurrence, Stepper, TrainingLoss, WeightPrecision,
+};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::VOCAB_SIZE;
@@ -90,7 +92,7 @@ fn time_training(
     device: &Device,
     varmap: &VarMap,
     phases: bool,
-    loss_of: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    loss_of: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<TrainingLoss>,
 ) -> candle_core::Result<Timing> {
     let mut rng = Rng::new(7);
     let named = varmap
@@ -128,7 +130,7 @@ fn time_training(
         let targets = Tensor::from_vec(targets, s.batch * s.seq, device)?;
         let loss = loss_of(&inputs, &targets)?;
         let forward = if phases { phase_end(&mut phase)? } else { 0.0 };
-        let grads = loss.backward()?;
+        let grads = loss.gradients()?;
         let backward = if phases { phase_end(&mut phase)? } else { 0.0 };
         opt.step(&grads, 1e-3, 3.0)?;
         let optimizer = phase_end(&mut phase)?;
@@ -311,13 +313,21 @@ pub fn bench_train(
         let timing = if ours {
             let model = MusicModel::new(&reference_config(s, kind), vb)?;
             time_training(s, iters, device, &varmap, rows.phases, &|ids, targets| {
-                model.loss_with(ids, targets, None, recurrence)
+                // What `echoai train` runs: its own backward pass where it has one.
+                match recurrence {
+                    Recurrence::Auto => model.training_loss(ids, targets, None),
+                    Recurrence::Composed => Ok(TrainingLoss::from_graph(
+                        model.loss_with(ids, targets, None, recurrence)?,
+                    )),
+                }
             })?
         } else {
             let model = Baseline::new(s, vb)?;
             time_training(s, iters, device, &varmap, rows.phases, &|ids, targets| {
                 let logits = model.forward(ids)?.reshape((s.batch * s.seq, VOCAB_SIZE))?;
-                candle_nn::loss::cross_entropy(&logits, targets)
+                Ok(TrainingLoss::from_graph(candle_nn::loss::cross_entropy(
+                    &logits, targets,
+                )?))
             })?
         };
         let tokens_per_s = timing.tokens_per_s;

@@ -138,10 +138,9 @@ impl LstmLayer {
             && t > 0
             && b > 0;
         if fused {
-            let w = Tensor::cat(&[&self.w_ih, &self.w_hh], 1)?;
             return match x {
-                Sequence::States(x) => self.fused(x, &w, h0, c0, LayerInput::Dense),
-                Sequence::WithCell(x) => self.fused(x, &w, h0, c0, LayerInput::Stacked),
+                Sequence::States(x) => self.fused(x, &self.w_ih, h0, c0, LayerInput::Dense),
+                Sequence::WithCell(x) => self.fused(x, &self.w_ih, h0, c0, LayerInput::Stacked),
             };
         }
         let x = x.states()?;
@@ -161,11 +160,12 @@ impl LstmLayer {
         Ok((Sequence::States(Tensor::stack(&outputs, 1)?), h, c))
     }
 
-    /// The fused op ([`FusedLstmOp`]) on `input` (vectors or ids) with `w = [input part | W_hh]`.
+    /// The fused op ([`FusedLstmOp`]) on `input` (vectors or ids) with `input_part` (`W_ih`, or
+    /// per id `W_ih E^T`).
     fn fused(
         &self,
         input: &Tensor,
-        w: &Tensor,
+        input_part: &Tensor,
         h0: &Tensor,
         c0: &Tensor,
         kind: LayerInput,
@@ -174,7 +174,8 @@ impl LstmLayer {
             LayerInput::Stacked => input.dims()[1] - 1,
             LayerInput::Dense | LayerInput::Ids => input.dims()[1],
         };
-        let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
+        let (w, extra) = self.fused_operands(input_part, h0, c0)?;
+        let w = &w;
         let input = input.contiguous()?;
         // Activations are kept only when autograd will ask for the backward pass.
         let needs_grad = input.track_op() || w.track_op() || extra.track_op();
@@ -220,12 +221,29 @@ impl LstmLayer {
             && t > 0
             && b > 0;
         if fused {
-            let per_id = self.w_ih.matmul(&embedding.t()?)?;
-            let w = Tensor::cat(&[&per_id, &self.w_hh], 1)?;
-            return self.fused(&ids.to_dtype(DType::U32)?, &w, h0, c0, LayerInput::Ids);
+            let per_id = self.per_id_projection(embedding)?;
+            return self.fused(&ids.to_dtype(DType::U32)?, &per_id, h0, c0, LayerInput::Ids);
         }
         let x = embed(ids, embedding)?.reshape((b, t, embedding.dim(1)?))?;
         self.forward_sequence(&Sequence::States(x), h0, c0, recurrence)
+    }
+
+    /// The fused op's weight and `extra` operands: `[input_part | W_hh]` and
+    /// `[b_ih + b_hh | h0 | c0]`.
+    pub(super) fn fused_operands(
+        &self,
+        input_part: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let w = Tensor::cat(&[input_part, &self.w_hh], 1)?;
+        let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
+        Ok((w, extra))
+    }
+
+    /// The input projection of every vocabulary entry, `W_ih embedding^T [4H, V]`.
+    pub(super) fn per_id_projection(&self, embedding: &Tensor) -> Result<Tensor> {
+        self.w_ih.matmul(&embedding.t()?)
     }
 
     /// One step: `x [B, In]` with state `(h, c)` -> new `(h, c)`.
@@ -458,6 +476,23 @@ fn times_host_mask(
     rng: &mut Rng,
     (block, drawn): (usize, usize),
 ) -> Result<Tensor> {
+    x * host_mask(x, p, rng, (block, drawn))?
+}
+
+/// The mask [`dropout_sequence`] multiplies a [`Sequence::WithCell`] CPU output `[B, T + 1, H]`
+/// by, drawn the same way, for code that needs the mask itself (its own backward pass).
+pub(super) fn cell_dropout_mask(out: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
+    let (_, rows, hidden) = out.dims3()?;
+    host_mask(
+        out,
+        p,
+        rng,
+        (rows * hidden, rows.saturating_sub(1) * hidden),
+    )
+}
+
+/// The mask of [`times_host_mask`], shaped as `x`.
+fn host_mask(x: &Tensor, p: f64, rng: &mut Rng, (block, drawn): (usize, usize)) -> Result<Tensor> {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     let count = x.elem_count();
@@ -468,8 +503,7 @@ fn times_host_mask(
         mask.extend((0..draws).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }));
         mask.resize(end, 0.0);
     }
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]

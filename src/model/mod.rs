@@ -21,6 +21,7 @@ mod cuda_output_loss;
 #[cfg(feature = "cuda")]
 mod cuda_util;
 mod dense;
+mod direct_gradients;
 pub(crate) use cpu_values::with_values;
 mod fused_lstm;
 mod gates;
@@ -41,6 +42,7 @@ mod transpose;
 pub use attention::{AttentionCache, LocalAttention};
 pub use config::{ModelConfig, ModelKind};
 pub use dense::dense;
+pub use direct_gradients::TrainingLoss;
 pub use fused_lstm::{FusedLstmOp, LayerInput, TeamSplit};
 pub use layer_norm::layer_norm;
 pub use lstm::{LstmLayer, LstmStack, LstmState, Recurrence, Sequence, dropout};
@@ -219,6 +221,21 @@ impl MusicModel {
                 .forward(&top.states()?.reshape((b * t, hidden))?)?;
             return candle_nn::loss::cross_entropy(&logits, targets);
         }
+        let (h, wb, targets) = self.output_loss_operands(&top, targets)?;
+        let keep = h.track_op() || wb.track_op();
+        h.apply_op3(&wb, &targets, output_loss::OutputLossOp::new(keep))
+    }
+
+    /// The fused output-loss op's operands for the top layer's output and `targets [B * T]`:
+    /// `h` (contiguous), `[W | b]` and the targets (u32, an `IGNORED` one per cell-state row).
+    fn output_loss_operands(
+        &self,
+        top: &Sequence,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = top.dims()?;
+        let device = self.device();
+        let weight = self.output.weight();
         let bias = match self.output.bias() {
             Some(bias) => bias.clone(),
             None => Tensor::zeros(weight.dim(0)?, DType::F32, device)?,
@@ -236,7 +253,7 @@ impl MusicModel {
                 )
             }
         }
-        let (h, targets) = match &top {
+        let (h, targets) = match top {
             // Each sequence's cell-state row is read in place, with a target that counts for
             // nothing.
             Sequence::WithCell(out) => {
@@ -247,13 +264,7 @@ impl MusicModel {
             // `[B, T, H]` as it is: the op reads rows over every leading dimension.
             Sequence::States(h) => (h.clone(), targets),
         };
-        let h = h.contiguous()?;
-        let keep = h.track_op() || wb.track_op();
-        h.apply_op3(
-            &wb,
-            &targets.contiguous()?,
-            output_loss::OutputLossOp::new(keep),
-        )
+        Ok((h.contiguous()?, wb, targets.contiguous()?))
     }
 
     /// Feeds one id per sequence (`[B]`, u32) and returns logits `[B, V]` for the next event.

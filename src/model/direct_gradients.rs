@@ -1,0 +1,237 @@
+//! A training step's loss and every weight's gradient. For the `lstm` model on the CPU the
+//! backward pass runs by hand through the fused ops instead of through candle's autograd.
+//!
+//! Why: candle's `backward` gives every input of every graph node a zeroed tensor and then adds
+//! the node's gradient to it, and the concatenated weights `[W_ih | W_hh]` come back through
+//! strided `narrow`s. At the reference size (H512) that is about 50 MB zeroed and added per step,
+//! 26-34 ms of a 500 ms step around ops that take 318 ms (docs/BENCHMARKS.md, issue 14, eighth
+//! pass). Here each gradient is made once. The operations are candle's own, in its order, so the
+//! gradients have the bits of `loss.backward()` (a test compares them).
+
+use std::sync::Arc;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CustomOp3, DType, Result, Tensor};
+
+use super::MusicModel;
+use super::fused_lstm::{FusedLstmOp, LayerInput};
+use super::lstm::{Sequence, cell_dropout_mask};
+use super::output_loss::OutputLossOp;
+use crate::rng::Rng;
+
+/// A custom op as candle keeps it in a graph, so that its backward pass can be called here.
+type SharedOp = Arc<Box<dyn CustomOp3 + Send + Sync>>;
+
+fn shared(op: impl CustomOp3 + Send + Sync + 'static) -> SharedOp {
+    Arc::new(Box::new(op))
+}
+
+/// One fused layer's forward, kept for its backward pass.
+struct LayerRun {
+    kind: LayerInput,
+    op: SharedOp,
+    input: Tensor,
+    /// The input part of `w`: `W_ih`, or layer 0's `W_ih E^T` per id.
+    input_part: Tensor,
+    w: Tensor,
+    extra: Tensor,
+    out: Tensor,
+    /// The dropout mask the input was multiplied by (layers above the first, training).
+    mask: Option<Tensor>,
+    /// The layer's `(W_ih, W_hh, b_ih, b_hh)`, the variables the gradients are for.
+    weights: [Tensor; 4],
+}
+
+/// Everything the hand-run backward pass reads.
+struct DirectBackward {
+    runs: Vec<LayerRun>,
+    loss_op: SharedOp,
+    /// The output-loss op's operands: the top layer's output, `[W | b]`, the targets.
+    operands: [Tensor; 3],
+    output_weight: Tensor,
+    output_bias: Option<Tensor>,
+    embedding: Tensor,
+    hidden: usize,
+}
+
+/// A training step's objective, its backward pass still to run: callers read the loss first
+/// (and refuse a non-finite one) before paying for the gradients.
+pub struct TrainingLoss {
+    loss: Tensor,
+    direct: Option<Box<DirectBackward>>,
+}
+
+impl TrainingLoss {
+    /// A loss whose gradients come from candle's autograd.
+    pub fn from_graph(loss: Tensor) -> Self {
+        TrainingLoss { loss, direct: None }
+    }
+
+    pub fn loss(&self) -> &Tensor {
+        &self.loss
+    }
+
+    /// The gradient of every weight the loss depends on.
+    pub fn gradients(self) -> Result<GradStore> {
+        match self.direct {
+            Some(direct) => direct.gradients(&self.loss),
+            None => self.loss.backward(),
+        }
+    }
+}
+
+impl MusicModel {
+    /// The training objective, as [`MusicModel::loss`], ready for [`TrainingLoss::gradients`]:
+    /// for the `lstm` model on the CPU in f32 with a backward pass of its own, elsewhere
+    /// candle's.
+    pub fn training_loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<TrainingLoss> {
+        let (b, t) = ids.dims2()?;
+        let direct = self.attention.is_none()
+            && self.device.is_cpu()
+            && self.embedding.embeddings().dtype() == DType::F32
+            && b * t > 0;
+        if !direct {
+            return Ok(TrainingLoss::from_graph(self.loss(
+                ids,
+                targets,
+                dropout_rng,
+            )?));
+        }
+        self.direct_training_loss(ids, targets, dropout_rng)
+    }
+
+    /// The forward pass of [`MusicModel::loss`] on the fused ops, keeping each op for its
+    /// backward pass: the same operations in the same order, so the same bits.
+    fn direct_training_loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        mut dropout_rng: Option<&mut Rng>,
+    ) -> Result<TrainingLoss> {
+        let (b, _) = ids.dims2()?;
+        let state = self.zero_state(b)?;
+        let embedding = self.embedding.embeddings();
+        let mut runs: Vec<LayerRun> = Vec::with_capacity(self.lstm.num_layers());
+        for (l, layer) in self.lstm.layers().iter().enumerate() {
+            let (w_ih, w_hh, b_ih, b_hh) = layer.weights();
+            let (input, input_part, mask, kind) = match runs.last() {
+                None => (
+                    ids.to_dtype(DType::U32)?.contiguous()?,
+                    layer.per_id_projection(embedding)?,
+                    None,
+                    LayerInput::Ids,
+                ),
+                Some(below) => {
+                    let mask = match dropout_rng.as_deref_mut() {
+                        Some(rng) if self.config.dropout > 0.0 => {
+                            Some(cell_dropout_mask(&below.out, self.config.dropout, rng)?)
+                        }
+                        _ => None,
+                    };
+                    let input = match &mask {
+                        Some(mask) => (&below.out * mask)?,
+                        None => below.out.clone(),
+                    };
+                    (input, w_ih.clone(), mask, LayerInput::Stacked)
+                }
+            };
+            let (w, extra) =
+                layer.fused_operands(&input_part, &state.lstm.h[l], &state.lstm.c[l])?;
+            let op = shared(FusedLstmOp::new(true, kind));
+            let out = input.apply_op3_arc(&w, &extra, op.clone())?;
+            runs.push(LayerRun {
+                kind,
+                op,
+                input,
+                input_part,
+                w,
+                extra,
+                out,
+                mask,
+                weights: [w_ih, w_hh, b_ih, b_hh].map(Tensor::clone),
+            });
+        }
+        let top = match runs.last() {
+            Some(top) => Sequence::WithCell(top.out.clone()),
+            None => candle_core::bail!("loss: a model without layers"),
+        };
+        let (h, wb, targets) = self.output_loss_operands(&top, targets)?;
+        let loss_op = shared(OutputLossOp::new(true));
+        let loss = h.apply_op3_arc(&wb, &targets, loss_op.clone())?;
+        let direct = DirectBackward {
+            runs,
+            loss_op,
+            operands: [h, wb, targets],
+            output_weight: self.output.weight().clone(),
+            output_bias: self.output.bias().cloned(),
+            embedding: embedding.clone(),
+            hidden: self.config.hidden,
+        };
+        Ok(TrainingLoss {
+            loss,
+            direct: Some(Box::new(direct)),
+        })
+    }
+}
+
+impl DirectBackward {
+    /// Top down, each gradient made once, by candle's operations in its order. Each `Option` a
+    /// backward pass returns is `Some` for the inputs that need a gradient; a `None` here would
+    /// be a bug in an op, reported, not a panic.
+    fn gradients(&self, loss: &Tensor) -> Result<GradStore> {
+        let missing = |what: &str| candle_core::Error::Msg(format!("no gradient for {what}"));
+        let hidden = self.hidden;
+        let mut grads = GradStore::default();
+        let [h, wb, targets] = &self.operands;
+        let (d_h, d_wb, _) = self.loss_op.bwd(h, wb, targets, loss, &loss.ones_like()?)?;
+        let d_wb = d_wb.ok_or_else(|| missing("the output layer"))?;
+        grads.insert(
+            &self.output_weight,
+            d_wb.narrow(1, 0, hidden)?.contiguous()?,
+        );
+        if let Some(bias) = &self.output_bias {
+            grads.insert(bias, d_wb.narrow(1, hidden, 1)?.squeeze(1)?.contiguous()?);
+        }
+        let mut d_out = d_h.ok_or_else(|| missing("the top layer"))?;
+        for run in self.runs.iter().rev() {
+            let (d_input, d_w, d_extra) = run
+                .op
+                .bwd(&run.input, &run.w, &run.extra, &run.out, &d_out)?;
+            let d_w = d_w.ok_or_else(|| missing("an LSTM layer's weights"))?;
+            let d_extra = d_extra.ok_or_else(|| missing("an LSTM layer's biases"))?;
+            let [w_ih, w_hh, b_ih, b_hh] = &run.weights;
+            let width = run.input_part.dim(1)?;
+            let d_input_part = d_w.narrow(1, 0, width)?.contiguous()?;
+            grads.insert(w_hh, d_w.narrow(1, width, hidden)?.contiguous()?);
+            // `b_ih + b_hh`: each bias gets the sum's gradient.
+            let d_bias = d_extra.narrow(0, 0, 4 * hidden)?.contiguous()?;
+            grads.insert(b_ih, d_bias.clone());
+            grads.insert(b_hh, d_bias);
+            match run.kind {
+                // Layers above the first: `W_ih` itself, and the gradient of the input goes on
+                // down through the dropout mask.
+                LayerInput::Stacked | LayerInput::Dense => {
+                    grads.insert(w_ih, d_input_part);
+                    let d_input = d_input.ok_or_else(|| missing("an LSTM layer's input"))?;
+                    d_out = match &run.mask {
+                        Some(mask) => (d_input * mask)?,
+                        None => d_input,
+                    };
+                }
+                // Layer 0: `W_ih E^T` per id, passed back as candle's matmul and transpose do.
+                LayerInput::Ids => {
+                    let d_w_ih = d_input_part.matmul(&self.embedding.t()?.t()?)?;
+                    let d_embedding = w_ih.t()?.matmul(&d_input_part)?.t()?.contiguous()?;
+                    grads.insert(w_ih, d_w_ih);
+                    grads.insert(&self.embedding, d_embedding);
+                }
+            }
+        }
+        Ok(grads)
+    }
+}

@@ -496,23 +496,33 @@ fn loss_and_gradients(loss: &Tensor, varmap: &VarMap) -> Vec<(String, Tensor)> {
     tensors
 }
 
-/// The `lstm` model's own backward pass (`training_loss`) gives the loss and every gradient of
-/// candle's autograd bit for bit: one to three layers, dropout between them, ragged sizes.
+/// The model's own backward pass on the CPU (`training_loss`) gives the loss and every gradient
+/// of candle's autograd bit for bit: both kinds, one to three layers, dropout between them,
+/// ragged sizes, heads of 64 features and of a few.
 #[test]
 fn the_direct_backward_pass_has_the_bits_of_candles() {
-    for (layers, dropout, hidden, batch, time) in
-        [(3, 0.3, 70, 3, 41), (1, 0.0, 16, 2, 5), (2, 0.5, 33, 5, 17)]
-    {
+    use ModelKind::{Lstm, LstmAttention};
+    let cases = [
+        (Lstm, 3, 0.3, 70, 3, 41),
+        (Lstm, 1, 0.0, 16, 2, 5),
+        (Lstm, 2, 0.5, 33, 5, 17),
+        (LstmAttention, 2, 0.2, 128, 3, 90),
+        (LstmAttention, 1, 0.0, 18, 2, 13),
+    ];
+    for (kind, layers, dropout, hidden, batch, time) in cases {
         let config = ModelConfig {
-            kind: ModelKind::Lstm,
+            kind,
             embed: 12,
             hidden,
             layers,
             dropout,
+            window: 6.min(time),
+            heads: 2,
             ..ModelConfig::default()
         };
         let (varmap, model) = fresh_model(&config);
         echoai::model::init::initialize(&varmap, &config, 5).unwrap();
+        set_relative_bias(&varmap, |i| (i as f32 * 0.3).cos());
         let ids: Vec<u32> = (0..batch * (time + 1))
             .map(|i| (i * 97 % 390) as u32)
             .collect();
@@ -538,8 +548,8 @@ fn the_direct_backward_pass_has_the_bits_of_candles() {
                 "loss" => &loss,
                 _ => grads.get(vars[name].as_tensor()).expect("a gradient"),
             };
-            assert_eq!(got.dims(), want.dims(), "{layers} layers: {name}");
-            assert_eq!(bits(got), bits(want), "{layers} layers: {name}");
+            assert_eq!(got.dims(), want.dims(), "{kind} {layers} layers: {name}");
+            assert_eq!(bits(got), bits(want), "{kind} {layers} layers: {name}");
         }
         // Every weight got one: the lists match name for name.
         assert_eq!(by_candle.len(), vars.len() + 1);

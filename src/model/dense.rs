@@ -14,7 +14,7 @@ use super::cpu_values::{storage_values, with_values};
 use super::matmul::matmul;
 use super::team::column_parts;
 
-struct DenseOp;
+pub(super) struct DenseOp;
 
 /// `x [.., In]` through `linear` (weight `[Out, In]`, bias `[Out]`) to `[.., Out]`: on the CPU in
 /// f32 as [`DenseOp`], elsewhere as candle_nn's own forward.

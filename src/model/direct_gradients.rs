@@ -1,5 +1,6 @@
-//! A training step's loss and every weight's gradient. For the `lstm` model on the CPU the
-//! backward pass runs by hand through the fused ops instead of through candle's autograd.
+//! A training step's loss and every weight's gradient. On the CPU in f32 the backward pass runs
+//! by hand through the custom ops (fused LSTM layers, the attention block's dense, band and
+//! layer-norm ops, the output loss) instead of through candle's autograd.
 //!
 //! Why: candle's `backward` gives every input of every graph node a zeroed tensor and then adds
 //! the node's gradient to it, and the concatenated weights `[W_ih | W_hh]` come back through
@@ -11,10 +12,14 @@
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CustomOp3, DType, Result, Tensor};
+use candle_core::{CustomOp2, CustomOp3, DType, Result, Tensor};
 
 use super::MusicModel;
+use super::attention::AttentionParts;
+use super::band_attention::BandAttentionOp;
+use super::dense::DenseOp;
 use super::fused_lstm::{FusedLstmOp, LayerInput};
+use super::layer_norm::LayerNormOp;
 use super::lstm::{Sequence, cell_dropout_mask};
 use super::output_loss::OutputLossOp;
 use crate::rng::Rng;
@@ -24,6 +29,116 @@ type SharedOp = Arc<Box<dyn CustomOp3 + Send + Sync>>;
 
 fn shared(op: impl CustomOp3 + Send + Sync + 'static) -> SharedOp {
     Arc::new(Box::new(op))
+}
+
+type SharedOp2 = Arc<Box<dyn CustomOp2 + Send + Sync>>;
+
+/// A linear layer's forward on [`DenseOp`], kept for its backward pass.
+struct DenseRun {
+    op: SharedOp,
+    /// `x`, `W`, `b`, `y`.
+    tensors: [Tensor; 4],
+}
+
+impl DenseRun {
+    fn forward(x: &Tensor, linear: &candle_nn::Linear) -> Result<DenseRun> {
+        let Some(bias) = linear.bias() else {
+            candle_core::bail!("dense: a layer without a bias")
+        };
+        let op = shared(DenseOp);
+        let (w, b) = (linear.weight().contiguous()?, bias.contiguous()?);
+        let y = x.apply_op3_arc(&w, &b, op.clone())?;
+        Ok(DenseRun {
+            op,
+            tensors: [x.clone(), w, b, y],
+        })
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.tensors[3]
+    }
+
+    /// Puts the weight and bias gradients in `grads`; returns `dx`.
+    fn backward(&self, dy: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
+        let [x, w, b, y] = &self.tensors;
+        let (dx, dw, db) = self.op.bwd(x, w, b, y, dy)?;
+        let (Some(dx), Some(dw), Some(db)) = (dx, dw, db) else {
+            candle_core::bail!("dense: a gradient missing")
+        };
+        grads.insert(w, dw);
+        grads.insert(b, db);
+        Ok(dx)
+    }
+}
+
+/// The attention block's forward (as `LocalAttention::forward_with` runs it on the CPU), kept for
+/// its backward pass.
+struct AttentionRun {
+    qkv: DenseRun,
+    band: SharedOp2,
+    /// The band op's operands and result: `qkv`, `rel_bias`, the context.
+    band_tensors: [Tensor; 3],
+    out: DenseRun,
+    norm: SharedOp,
+    /// The layer norm's operands and result: `h + W_o context + b_o`, gain, shift, output.
+    norm_tensors: [Tensor; 4],
+}
+
+impl AttentionRun {
+    fn forward(parts: &AttentionParts, h: &Tensor) -> Result<AttentionRun> {
+        let h = h.contiguous()?;
+        let qkv = DenseRun::forward(&h, parts.qkv)?;
+        let band =
+            Arc::new(Box::new(BandAttentionOp::new(parts.heads, true))
+                as Box<dyn CustomOp2 + Send + Sync>);
+        let qkv_values = qkv.output().contiguous()?;
+        let rel_bias = parts.rel_bias.contiguous()?;
+        let context = qkv_values.apply_op2_arc(&rel_bias, band.clone())?;
+        let out = DenseRun::forward(&context, parts.out)?;
+        let y = (&h + out.output())?;
+        let norm = shared(LayerNormOp {
+            eps: parts.eps as f32,
+        });
+        let (gain, shift) = (
+            parts.norm_weight.contiguous()?,
+            parts.norm_bias.contiguous()?,
+        );
+        let normed = y.apply_op3_arc(&gain, &shift, norm.clone())?;
+        Ok(AttentionRun {
+            qkv,
+            band,
+            band_tensors: [qkv_values, rel_bias, context],
+            out,
+            norm,
+            norm_tensors: [y, gain, shift, normed],
+        })
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.norm_tensors[3]
+    }
+
+    /// Puts the block's weight gradients in `grads`; returns the gradient of its input `h`.
+    fn backward(&self, d_normed: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
+        let [y, gain, shift, normed] = &self.norm_tensors;
+        let (d_y, d_gain, d_shift) = self.norm.bwd(y, gain, shift, normed, d_normed)?;
+        let (Some(d_y), Some(d_gain), Some(d_shift)) = (d_y, d_gain, d_shift) else {
+            candle_core::bail!("layer norm: a gradient missing")
+        };
+        grads.insert(gain, d_gain);
+        grads.insert(shift, d_shift);
+        // `y = h + o`: both get `d_y`.
+        let d_context = self.out.backward(&d_y, grads)?;
+        let [qkv, rel_bias, context] = &self.band_tensors;
+        let (d_qkv, d_rel_bias) = self.band.bwd(qkv, rel_bias, context, &d_context)?;
+        let (Some(d_qkv), Some(d_rel_bias)) = (d_qkv, d_rel_bias) else {
+            candle_core::bail!("band attention: a gradient missing")
+        };
+        grads.insert(rel_bias, d_rel_bias);
+        let d_h = self.qkv.backward(&d_qkv, grads)?;
+        // In candle's order: the residual's share first, then the projection's.
+        &d_y + &d_h
+    }
 }
 
 /// One fused layer's forward, kept for its backward pass.
@@ -45,6 +160,7 @@ struct LayerRun {
 /// Everything the hand-run backward pass reads.
 struct DirectBackward {
     runs: Vec<LayerRun>,
+    attention: Option<AttentionRun>,
     loss_op: SharedOp,
     /// The output-loss op's operands: the top layer's output, `[W | b]`, the targets.
     operands: [Tensor; 3],
@@ -82,8 +198,7 @@ impl TrainingLoss {
 
 impl MusicModel {
     /// The training objective, as [`MusicModel::loss`], ready for [`TrainingLoss::gradients`]:
-    /// for the `lstm` model on the CPU in f32 with a backward pass of its own, elsewhere
-    /// candle's.
+    /// on the CPU in f32 with a backward pass of its own, elsewhere candle's.
     pub fn training_loss(
         &self,
         ids: &Tensor,
@@ -91,10 +206,8 @@ impl MusicModel {
         dropout_rng: Option<&mut Rng>,
     ) -> Result<TrainingLoss> {
         let (b, t) = ids.dims2()?;
-        let direct = self.attention.is_none()
-            && self.device.is_cpu()
-            && self.embedding.embeddings().dtype() == DType::F32
-            && b * t > 0;
+        let direct =
+            self.device.is_cpu() && self.embedding.embeddings().dtype() == DType::F32 && b * t > 0;
         if !direct {
             return Ok(TrainingLoss::from_graph(self.loss(
                 ids,
@@ -156,15 +269,23 @@ impl MusicModel {
                 weights: [w_ih, w_hh, b_ih, b_hh].map(Tensor::clone),
             });
         }
-        let top = match runs.last() {
-            Some(top) => Sequence::WithCell(top.out.clone()),
-            None => candle_core::bail!("loss: a model without layers"),
+        let Some(lstm_top) = runs.last() else {
+            candle_core::bail!("loss: a model without layers")
         };
+        let attention = match &self.attention {
+            Some(attention) => Some(AttentionRun::forward(&attention.parts(), &lstm_top.out)?),
+            None => None,
+        };
+        let top = Sequence::WithCell(match &attention {
+            Some(attention) => attention.output().clone(),
+            None => lstm_top.out.clone(),
+        });
         let (h, wb, targets) = self.output_loss_operands(&top, targets)?;
         let loss_op = shared(OutputLossOp::new(true));
         let loss = h.apply_op3_arc(&wb, &targets, loss_op.clone())?;
         let direct = DirectBackward {
             runs,
+            attention,
             loss_op,
             operands: [h, wb, targets],
             output_weight: self.output.weight().clone(),
@@ -198,6 +319,9 @@ impl DirectBackward {
             grads.insert(bias, d_wb.narrow(1, hidden, 1)?.squeeze(1)?.contiguous()?);
         }
         let mut d_out = d_h.ok_or_else(|| missing("the top layer"))?;
+        if let Some(attention) = &self.attention {
+            d_out = attention.backward(&d_out, &mut grads)?;
+        }
         for run in self.runs.iter().rev() {
             let (d_input, d_w, d_extra) = run
                 .op

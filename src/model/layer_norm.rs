@@ -17,8 +17,8 @@ use super::cpu_values::{storage_values, with_values};
 /// bits do not depend on the number of threads.
 const ROWS_PER_PART: usize = 64;
 
-struct LayerNormOp {
-    eps: f32,
+pub(super) struct LayerNormOp {
+    pub(super) eps: f32,
 }
 
 /// `(x - mean) / sqrt(var + eps) * gain + shift` over the last dimension of `x`, the variance

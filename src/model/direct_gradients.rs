@@ -33,39 +33,45 @@ fn shared(op: impl CustomOp3 + Send + Sync + 'static) -> SharedOp {
 
 type SharedOp2 = Arc<Box<dyn CustomOp2 + Send + Sync>>;
 
-/// A linear layer's forward on [`DenseOp`], kept for its backward pass.
-struct DenseRun {
+/// The forward of an op on an input and two weights (`dense`: `W`, `b`; the layer norm: gain,
+/// shift), kept for its backward pass.
+struct WeightedRun {
     op: SharedOp,
-    /// `x`, `W`, `b`, `y`.
+    /// The input, the two weights (contiguous, as the op takes them) and the output.
     tensors: [Tensor; 4],
 }
 
-impl DenseRun {
-    fn forward(x: &Tensor, linear: &candle_nn::Linear) -> Result<DenseRun> {
+impl WeightedRun {
+    fn forward(op: SharedOp, x: &Tensor, weights: [&Tensor; 2]) -> Result<WeightedRun> {
+        let [a, b] = weights.map(Tensor::contiguous);
+        let (a, b) = (a?, b?);
+        let y = x.apply_op3_arc(&a, &b, op.clone())?;
+        Ok(WeightedRun {
+            op,
+            tensors: [x.clone(), a, b, y],
+        })
+    }
+
+    /// A linear layer on [`DenseOp`], as `dense` runs it.
+    fn dense(x: &Tensor, linear: &candle_nn::Linear) -> Result<WeightedRun> {
         let Some(bias) = linear.bias() else {
             candle_core::bail!("dense: a layer without a bias")
         };
-        let op = shared(DenseOp);
-        let (w, b) = (linear.weight().contiguous()?, bias.contiguous()?);
-        let y = x.apply_op3_arc(&w, &b, op.clone())?;
-        Ok(DenseRun {
-            op,
-            tensors: [x.clone(), w, b, y],
-        })
+        WeightedRun::forward(shared(DenseOp), x, [linear.weight(), bias])
     }
 
     fn output(&self) -> &Tensor {
         &self.tensors[3]
     }
 
-    /// Puts the weight and bias gradients in `grads`; returns `dx`.
+    /// Puts the two weights' gradients in `grads`; returns the input's.
     fn backward(&self, dy: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
-        let [x, w, b, y] = &self.tensors;
-        let (dx, dw, db) = self.op.bwd(x, w, b, y, dy)?;
-        let (Some(dx), Some(dw), Some(db)) = (dx, dw, db) else {
-            candle_core::bail!("dense: a gradient missing")
+        let [x, a, b, y] = &self.tensors;
+        let (dx, da, db) = self.op.bwd(x, a, b, y, dy)?;
+        let (Some(dx), Some(da), Some(db)) = (dx, da, db) else {
+            candle_core::bail!("{}: a gradient missing", self.op.name())
         };
-        grads.insert(w, dw);
+        grads.insert(a, da);
         grads.insert(b, db);
         Ok(dx)
     }
@@ -74,59 +80,49 @@ impl DenseRun {
 /// The attention block's forward (as `LocalAttention::forward_with` runs it on the CPU), kept for
 /// its backward pass.
 struct AttentionRun {
-    qkv: DenseRun,
+    qkv: WeightedRun,
     band: SharedOp2,
     /// The band op's operands and result: `qkv`, `rel_bias`, the context.
     band_tensors: [Tensor; 3],
-    out: DenseRun,
-    norm: SharedOp,
-    /// The layer norm's operands and result: `h + W_o context + b_o`, gain, shift, output.
-    norm_tensors: [Tensor; 4],
+    out: WeightedRun,
+    /// On `h + W_o context + b_o`.
+    norm: WeightedRun,
 }
 
 impl AttentionRun {
     fn forward(parts: &AttentionParts, h: &Tensor) -> Result<AttentionRun> {
         let h = h.contiguous()?;
-        let qkv = DenseRun::forward(&h, parts.qkv)?;
+        let qkv = WeightedRun::dense(&h, parts.qkv)?;
         let band =
             Arc::new(Box::new(BandAttentionOp::new(parts.heads, true))
                 as Box<dyn CustomOp2 + Send + Sync>);
         let qkv_values = qkv.output().contiguous()?;
         let rel_bias = parts.rel_bias.contiguous()?;
         let context = qkv_values.apply_op2_arc(&rel_bias, band.clone())?;
-        let out = DenseRun::forward(&context, parts.out)?;
+        let out = WeightedRun::dense(&context, parts.out)?;
         let y = (&h + out.output())?;
-        let norm = shared(LayerNormOp {
-            eps: parts.eps as f32,
-        });
-        let (gain, shift) = (
-            parts.norm_weight.contiguous()?,
-            parts.norm_bias.contiguous()?,
-        );
-        let normed = y.apply_op3_arc(&gain, &shift, norm.clone())?;
+        let eps = parts.eps as f32;
+        let norm = WeightedRun::forward(
+            shared(LayerNormOp { eps }),
+            &y,
+            [parts.norm_weight, parts.norm_bias],
+        )?;
         Ok(AttentionRun {
             qkv,
             band,
             band_tensors: [qkv_values, rel_bias, context],
             out,
             norm,
-            norm_tensors: [y, gain, shift, normed],
         })
     }
 
     fn output(&self) -> &Tensor {
-        &self.norm_tensors[3]
+        self.norm.output()
     }
 
     /// Puts the block's weight gradients in `grads`; returns the gradient of its input `h`.
     fn backward(&self, d_normed: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
-        let [y, gain, shift, normed] = &self.norm_tensors;
-        let (d_y, d_gain, d_shift) = self.norm.bwd(y, gain, shift, normed, d_normed)?;
-        let (Some(d_y), Some(d_gain), Some(d_shift)) = (d_y, d_gain, d_shift) else {
-            candle_core::bail!("layer norm: a gradient missing")
-        };
-        grads.insert(gain, d_gain);
-        grads.insert(shift, d_shift);
+        let d_y = self.norm.backward(d_normed, grads)?;
         // `y = h + o`: both get `d_y`.
         let d_context = self.out.backward(&d_y, grads)?;
         let [qkv, rel_bias, context] = &self.band_tensors;

@@ -343,9 +343,10 @@ impl DirectBackward {
                         None => d_input,
                     };
                 }
-                // Layer 0: `W_ih E^T` per id, passed back as candle's matmul and transpose do.
+                // Layer 0: `W_ih E^T` per id, passed back as candle's matmul and transpose do
+                // (`(E^T)^T` is `E`'s own layout).
                 LayerInput::Ids => {
-                    let d_w_ih = d_input_part.matmul(&self.embedding.t()?.t()?)?;
+                    let d_w_ih = d_input_part.matmul(&self.embedding)?;
                     let d_embedding = w_ih.t()?.matmul(&d_input_part)?.t()?.contiguous()?;
                     grads.insert(w_ih, d_w_ih);
                     grads.insert(&self.embedding, d_embedding);

@@ -175,11 +175,10 @@ impl LstmLayer {
             LayerInput::Dense | LayerInput::Ids => input.dims()[1],
         };
         let (w, extra) = self.fused_operands(input_part, h0, c0)?;
-        let w = &w;
         let input = input.contiguous()?;
         // Activations are kept only when autograd will ask for the backward pass.
         let needs_grad = input.track_op() || w.track_op() || extra.track_op();
-        let out = input.apply_op3(w, &extra, FusedLstmOp::new(needs_grad, kind))?;
+        let out = input.apply_op3(&w, &extra, FusedLstmOp::new(needs_grad, kind))?;
         let h_n = out.i((.., t - 1))?;
         let c_n = out.i((.., t))?;
         // Only the CPU op takes a stacked input.

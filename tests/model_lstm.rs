@@ -578,6 +578,26 @@ fn a_target_outside_the_vocabulary_is_an_error_on_the_fused_path() {
                 .is_err(),
             "target {bad}"
         );
+        // The training path, with its own backward pass, refuses it too.
+        assert!(
+            model.training_loss(&inputs, &targets, None).is_err(),
+            "target {bad}, training"
+        );
+    }
+    // So does an input id outside the vocabulary, on both paths.
+    let targets = Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], 6, &Device::Cpu).unwrap();
+    for bad in [390u32, u32::MAX] {
+        let inputs = Tensor::from_vec(vec![1u32, 2, bad, 4, 5, 6], (2, 3), &Device::Cpu).unwrap();
+        assert!(
+            model
+                .loss_with(&inputs, &targets, None, Recurrence::Auto)
+                .is_err(),
+            "input {bad}"
+        );
+        assert!(
+            model.training_loss(&inputs, &targets, None).is_err(),
+            "input {bad}, training"
+        );
     }
 }
 

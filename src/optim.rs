@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::with_values;
+use crate::model::{storage_address, with_values, with_values_mut};
 
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
@@ -33,6 +33,8 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Per parameter, what the CPU update knows of `m` and `v` (see [`MomentBound`]).
+    bounds: Vec<MomentBound>,
     pub step: u64,
     config: AdamWConfig,
     /// Runs the tensor-op update even on the CPU (tests compare the two).
@@ -43,12 +45,16 @@ impl AdamW {
     pub fn new(named: HashMap<String, Var>, config: AdamWConfig) -> Result<Self> {
         let mut params: Vec<(String, Var)> = named.into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = params
-            .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Two sets: the CPU update writes `m` and `v` in place, so they must not share storage.
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, v)| v.as_tensor().zeros_like())
+                .collect::<Result<Vec<_>>>()
+        };
+        let (m, v) = (zeros()?, zeros()?);
         Ok(AdamW {
+            bounds: vec![MomentBound::ZERO; params.len()],
             params,
             m,
             v,
@@ -115,6 +121,11 @@ impl AdamW {
             decay: (1.0 - lr * c.weight_decay) as f32,
         };
         if self.fused_on_cpu() {
+            // Each scaled gradient is at most the scaled norm.
+            let g_max = norm * scale;
+            if self.provably_finite(grads, &constants, g_max)? {
+                return self.step_cpu_in_place(grads, &constants, norm);
+            }
             return self.step_cpu(grads, &constants, norm);
         }
         #[cfg(feature = "cuda")]
@@ -151,6 +162,7 @@ impl AdamW {
             self.params[i].1.set(&new)?;
             self.m[i] = m;
             self.v[i] = v;
+            self.bounds[i] = MomentBound::UNKNOWN;
         }
         self.step += 1;
         Ok(norm)
@@ -215,15 +227,18 @@ impl AdamW {
     /// [`AdamW::step`] on the CPU in one pass per parameter: the composed tensor ops above make
     /// a dozen full-size temporaries per parameter: ~49 ms a step at the reference size, ~25 ms
     /// with this pass (measured under load). The same arithmetic, in the same order, in f32.
+    /// New weights and moments go to new buffers, committed once every weight is known finite:
+    /// the path for a step [`AdamW::provably_finite`] cannot vouch for.
     fn step_cpu(&mut self, grads: &GradStore, k: &Constants, norm: f64) -> Result<f64> {
         let mut updates = Vec::with_capacity(self.params.len());
+        let mut bounds = Vec::with_capacity(self.params.len());
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let n = var.elem_count();
             let (mut new_w, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-            let finite = with_values(var.as_tensor(), |w: &[f32]| {
+            let pass = with_values(var.as_tensor(), |w: &[f32]| {
                 with_values(g, |g: &[f32]| {
                     with_values(&self.m[i], |m: &[f32]| {
                         with_values(&self.v[i], |v: &[f32]| {
@@ -236,7 +251,7 @@ impl AdamW {
                     })
                 })
             })?;
-            if !finite {
+            if !pass.finite {
                 return Ok(f64::NAN);
             }
             let shape = var.shape().clone();
@@ -247,8 +262,104 @@ impl AdamW {
                 Tensor::from_vec(new_m, shape.clone(), &device)?,
                 Tensor::from_vec(new_v, shape, &device)?,
             ));
+            bounds.push((i, pass.bound));
         }
-        self.commit(updates, norm)
+        let norm = self.commit(updates, norm)?;
+        for (i, bound) in bounds {
+            self.bounds[i] = bound;
+        }
+        Ok(norm)
+    }
+
+    /// Whether this step's update provably leaves every weight finite, so that it may write the
+    /// weights and moments in place (nothing to undo): from the largest |weight| (read now:
+    /// anything may have set a variable since the last step), the largest |m| and the soundness
+    /// of `v` kept from the last update, and the largest scaled gradient, `g_max`.
+    ///
+    /// Per value, with every scalar as the pass rounds it: `|m'| <= beta1 m_max + (1 - beta1)
+    /// g_max`; the denominator `sqrt(v' / c2) + eps` is at least `eps` (`v' >= 0`, possibly
+    /// infinite, which makes the update 0); so `|w'| <= |decay| w_max + lr |m'| / (c1 eps)`.
+    /// Each rounding moves a value by a relative 2^-24; the bound must stay below 1e30, eight
+    /// orders of magnitude inside f32. A typical step is about 1e6 (lr 1e-3, c1 up to 10, eps
+    /// 1e-8); a step that fails (a corrupt moment, an absurd learning rate) takes the buffered
+    /// path, which checks every new weight.
+    fn provably_finite(&self, grads: &GradStore, k: &Constants, g_max: f64) -> Result<bool> {
+        let scalars = [
+            k.beta1,
+            k.one_minus_beta1,
+            k.beta2,
+            k.one_minus_beta2,
+            k.scale,
+        ];
+        let sane = scalars.iter().all(|&c| (0.0..=1.0).contains(&c))
+            && k.one_minus_beta2 > 0.0
+            && k.eps > 0.0
+            && k.inv_correction1 > 0.0
+            && k.inv_correction2 > 0.0
+            && [k.inv_correction1, k.inv_correction2, k.lr, k.decay]
+                .iter()
+                .all(|c| c.is_finite());
+        if !sane || !g_max.is_finite() {
+            return Ok(false);
+        }
+        let (mut written, mut read) = (Vec::new(), Vec::new());
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let bound = self.bounds[i];
+            if !bound.v_sound || !bound.m_max.is_finite() || var.elem_count() == 0 {
+                return Ok(false);
+            }
+            let w_max = with_values(var.as_tensor(), |w: &[f32]| Ok(max_abs(w)))?;
+            if !w_max.is_finite() {
+                return Ok(false);
+            }
+            let m_new =
+                f64::from(bound.m_max) * f64::from(k.beta1) + g_max * f64::from(k.one_minus_beta1);
+            let update = m_new * f64::from(k.inv_correction1) / f64::from(k.eps);
+            let w_new =
+                f64::from(w_max) * f64::from(k.decay).abs() + update * f64::from(k.lr).abs();
+            // The update itself too: an infinite one times a learning rate of 0 is NaN.
+            if [update, w_new].iter().any(|x| x.is_nan() || *x >= 1e30) {
+                return Ok(false);
+            }
+            written.extend([
+                storage_address(var.as_tensor())?,
+                storage_address(&self.m[i])?,
+                storage_address(&self.v[i])?,
+            ]);
+            read.push(storage_address(g)?);
+        }
+        // Written in place under one another's locks: no storage may be written twice or be
+        // both written and read (gradients may share storage: both biases get one sum's).
+        let count = written.len();
+        written.sort_unstable();
+        written.dedup();
+        Ok(written.len() == count && read.iter().all(|r| written.binary_search(r).is_err()))
+    }
+
+    /// [`AdamW::step_cpu`] writing the weights and moments in place, for a step that
+    /// [`AdamW::provably_finite`] vouched for: no new buffers (three per parameter, 48 MB a step
+    /// at the reference size, zeroed, then the weights copied again by `Var::set`), so about
+    /// 9 reads and writes per value instead of 13.
+    fn step_cpu_in_place(&mut self, grads: &GradStore, k: &Constants, norm: f64) -> Result<f64> {
+        for (i, (_, var)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let pass = with_values_mut(var.as_tensor(), |w| {
+                with_values_mut(&self.m[i], |m| {
+                    with_values_mut(&self.v[i], |v| {
+                        with_values(g, |g: &[f32]| Ok(adamw_in_place(k, g, [w, m, v])))
+                    })
+                })
+            })?;
+            debug_assert!(pass.finite, "AdamW: a weight overflowed a proven bound");
+            self.bounds[i] = pass.bound;
+        }
+        self.step += 1;
+        Ok(norm)
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`) for `optimizer.safetensors`.
@@ -276,8 +387,16 @@ impl AdamW {
                         var.dims()
                     );
                 }
-                *slot = t.to_device(var.device())?.to_dtype(var.dtype())?;
+                // A copy of its own: the CPU update writes the moments in place.
+                *slot = t.to_device(var.device())?.to_dtype(var.dtype())?.copy()?;
             }
+            self.bounds[i] = if self.fused_on_cpu() {
+                with_values(&self.m[i], |m: &[f32]| {
+                    with_values(&self.v[i], |v: &[f32]| Ok(MomentBound::of(m, v)))
+                })?
+            } else {
+                MomentBound::UNKNOWN
+            };
         }
         self.step = step;
         Ok(())
@@ -334,34 +453,273 @@ fn affine(v: f32, mul: f32, add: f32) -> f32 {
     v * mul + add
 }
 
-/// The update of `[w, g, m, v]` into `[w', m', v']`, in parallel chunks; false if any new
-/// weight is not finite.
-fn adamw_chunks(k: &Constants, [w, g, m, v]: [&[f32]; 4], out: [&mut [f32]; 3]) -> bool {
-    const CHUNK: usize = 1 << 14;
+/// One value's update: `(w, g, m, v)` to `(w', m', v')`, as the tensor ops compute it.
+#[inline(always)]
+fn update_one(k: &Constants, w: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+    let g = affine(g, k.scale, 0.0);
+    let m = affine(m, k.beta1, 0.0) + affine(g, k.one_minus_beta1, 0.0);
+    let v = affine(v, k.beta2, 0.0) + affine(g * g, k.one_minus_beta2, 0.0);
+    let denominator = affine(affine(v, k.inv_correction2, 0.0).sqrt(), 1.0, k.eps);
+    let update = affine(m, k.inv_correction1, 0.0) / denominator;
+    let w = affine(w, k.decay, 0.0) - affine(update, k.lr, 0.0);
+    (w, m, v)
+}
+
+/// What the CPU update knows of a parameter's moments, enough to bound the next update: the
+/// largest |m| (NaN if any m is not finite) and whether every v is finite and at least 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MomentBound {
+    m_max: f32,
+    v_sound: bool,
+}
+
+impl MomentBound {
+    const ZERO: MomentBound = MomentBound {
+        m_max: 0.0,
+        v_sound: true,
+    };
+    const UNKNOWN: MomentBound = MomentBound {
+        m_max: f32::NAN,
+        v_sound: false,
+    };
+
+    fn of(m: &[f32], v: &[f32]) -> MomentBound {
+        let v_bits = v
+            .par_chunks(CHUNK)
+            .map(|chunk| chunk.iter().fold(0, |max: u32, v| max.max(v.to_bits())))
+            .reduce(|| 0, u32::max);
+        MomentBound {
+            m_max: max_abs(m),
+            v_sound: v_bits < INFINITY_BITS,
+        }
+    }
+}
+
+/// The bits of +infinity: a non-negative f32's bits order as its values do, and every bit
+/// pattern above this one is a NaN; a negative value's bits are above it too.
+const INFINITY_BITS: u32 = 0x7f80_0000;
+
+/// The bits of |x|.
+#[inline(always)]
+fn abs_bits(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// The value of the largest [`abs_bits`], NaN when it is not finite.
+fn finite_or_nan(abs_bits: u32) -> f32 {
+    if abs_bits < INFINITY_BITS {
+        f32::from_bits(abs_bits)
+    } else {
+        f32::NAN
+    }
+}
+
+/// The largest |value|, NaN if any value is not finite: a maximum of bit patterns, which
+/// vectorises (a float maximum with a NaN test per value ran scalar).
+fn max_abs(values: &[f32]) -> f32 {
+    let bits = values
+        .par_chunks(CHUNK)
+        .map(|chunk| chunk.iter().fold(0, |max: u32, &v| max.max(abs_bits(v))))
+        .reduce(|| 0, u32::max);
+    finite_or_nan(bits)
+}
+
+/// A pass over one parameter: whether every new weight is finite, and the new moments' bound.
+#[derive(Clone, Copy)]
+struct Pass {
+    finite: bool,
+    bound: MomentBound,
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// The largest bits of a chunk's new `|w|`, `|m|` and `v`: [`Pass`] in integer maxima, which
+/// vectorise.
+#[derive(Clone, Copy, Default)]
+struct Accumulator {
+    w: u32,
+    m: u32,
+    v: u32,
+}
+
+impl Accumulator {
+    #[inline(always)]
+    fn add(&mut self, w: f32, m: f32, v: f32) {
+        self.w = self.w.max(abs_bits(w));
+        self.m = self.m.max(abs_bits(m));
+        self.v = self.v.max(v.to_bits());
+    }
+
+    fn merge(self, other: Accumulator) -> Accumulator {
+        Accumulator {
+            w: self.w.max(other.w),
+            m: self.m.max(other.m),
+            v: self.v.max(other.v),
+        }
+    }
+
+    fn pass(self) -> Pass {
+        Pass {
+            finite: self.w < INFINITY_BITS,
+            bound: MomentBound {
+                m_max: finite_or_nan(self.m),
+                v_sound: self.v < INFINITY_BITS,
+            },
+        }
+    }
+}
+
+/// The update of `[w, g, m, v]` into `[w', m', v']`, in parallel chunks.
+fn adamw_chunks(k: &Constants, [w, g, m, v]: [&[f32]; 4], out: [&mut [f32]; 3]) -> Pass {
     let [new_w, new_m, new_v] = out;
+    let isa = crate::model::isa::chosen();
     new_w
         .par_chunks_mut(CHUNK)
         .zip(new_m.par_chunks_mut(CHUNK))
         .zip(new_v.par_chunks_mut(CHUNK))
         .enumerate()
         .map(|(c, ((nw, nm), nv))| {
-            let at = c * CHUNK;
-            let mut finite = true;
-            for j in 0..nw.len() {
-                let gj = affine(g[at + j], k.scale, 0.0);
-                let mj = affine(m[at + j], k.beta1, 0.0) + affine(gj, k.one_minus_beta1, 0.0);
-                let vj = affine(v[at + j], k.beta2, 0.0) + affine(gj * gj, k.one_minus_beta2, 0.0);
-                let denominator = affine(affine(vj, k.inv_correction2, 0.0).sqrt(), 1.0, k.eps);
-                let update = affine(mj, k.inv_correction1, 0.0) / denominator;
-                let wj = affine(w[at + j], k.decay, 0.0) - affine(update, k.lr, 0.0);
-                finite &= wj.is_finite();
-                nw[j] = wj;
-                nm[j] = mj;
-                nv[j] = vj;
-            }
-            finite
+            let at = c * CHUNK..c * CHUNK + nw.len();
+            let from = [&w[at.clone()], &g[at.clone()], &m[at.clone()], &v[at]];
+            chunk_into(isa, k, from, [nw, nm, nv])
         })
-        .reduce(|| true, |a, b| a && b)
+        .reduce(Accumulator::default, Accumulator::merge)
+        .pass()
+}
+
+/// [`adamw_chunks`] writing `[w, m, v]` in place.
+fn adamw_in_place(k: &Constants, g: &[f32], [w, m, v]: [&mut [f32]; 3]) -> Pass {
+    let isa = crate::model::isa::chosen();
+    adamw_in_place_on(isa, k, g, [w, m, v])
+}
+
+fn adamw_in_place_on(
+    isa: crate::model::isa::Isa,
+    k: &Constants,
+    g: &[f32],
+    [w, m, v]: [&mut [f32]; 3],
+) -> Pass {
+    w.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .enumerate()
+        .map(|(c, ((w, m), v))| chunk_in_place(isa, k, &g[c * CHUNK..][..w.len()], [w, m, v]))
+        .reduce(Accumulator::default, Accumulator::merge)
+        .pass()
+}
+
+/// One chunk out of place, on the widest vectors `isa` allows: the loop is plain Rust, which
+/// the compiler vectorises only as wide as the features it may assume (SSE2 by default). The
+/// arithmetic is the same IEEE operations at any width, so the bits are too.
+fn chunk_into(
+    isa: crate::model::isa::Isa,
+    k: &Constants,
+    from: [&[f32]; 4],
+    to: [&mut [f32]; 3],
+) -> Accumulator {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: `chosen` and `available` name only instruction sets this CPU has.
+        crate::model::isa::Isa::Avx512 => return unsafe { x86::into_avx512(k, from, to) },
+        crate::model::isa::Isa::Avx2 => return unsafe { x86::into_avx2(k, from, to) },
+        crate::model::isa::Isa::Portable => {}
+    }
+    let _ = isa;
+    chunk_into_body(k, from, to)
+}
+
+/// [`chunk_into`] in place.
+fn chunk_in_place(
+    isa: crate::model::isa::Isa,
+    k: &Constants,
+    g: &[f32],
+    wmv: [&mut [f32]; 3],
+) -> Accumulator {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: as in `chunk_into`.
+        crate::model::isa::Isa::Avx512 => return unsafe { x86::in_place_avx512(k, g, wmv) },
+        crate::model::isa::Isa::Avx2 => return unsafe { x86::in_place_avx2(k, g, wmv) },
+        crate::model::isa::Isa::Portable => {}
+    }
+    let _ = isa;
+    chunk_in_place_body(k, g, wmv)
+}
+
+#[inline(always)]
+fn chunk_into_body(k: &Constants, [w, g, m, v]: [&[f32]; 4], to: [&mut [f32]; 3]) -> Accumulator {
+    let [nw, nm, nv] = to;
+    let n = nw.len();
+    // Slices of one length, so that the loop carries no bounds checks.
+    let (w, g, m, v, nm, nv) = (
+        &w[..n],
+        &g[..n],
+        &m[..n],
+        &v[..n],
+        &mut nm[..n],
+        &mut nv[..n],
+    );
+    let mut acc = Accumulator::default();
+    for j in 0..n {
+        let (wj, mj, vj) = update_one(k, w[j], g[j], m[j], v[j]);
+        acc.add(wj, mj, vj);
+        nw[j] = wj;
+        nm[j] = mj;
+        nv[j] = vj;
+    }
+    acc
+}
+
+#[inline(always)]
+fn chunk_in_place_body(k: &Constants, g: &[f32], [w, m, v]: [&mut [f32]; 3]) -> Accumulator {
+    let n = w.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let mut acc = Accumulator::default();
+    for j in 0..n {
+        let (wj, mj, vj) = update_one(k, w[j], g[j], m[j], v[j]);
+        acc.add(wj, mj, vj);
+        w[j] = wj;
+        m[j] = mj;
+        v[j] = vj;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Accumulator, Constants, chunk_in_place_body, chunk_into_body};
+
+    /// # Safety
+    /// AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn into_avx512(
+        k: &Constants,
+        from: [&[f32]; 4],
+        to: [&mut [f32]; 3],
+    ) -> Accumulator {
+        chunk_into_body(k, from, to)
+    }
+
+    /// # Safety
+    /// AVX2 present.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn into_avx2(k: &Constants, from: [&[f32]; 4], to: [&mut [f32]; 3]) -> Accumulator {
+        chunk_into_body(k, from, to)
+    }
+
+    /// # Safety
+    /// AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn in_place_avx512(k: &Constants, g: &[f32], wmv: [&mut [f32]; 3]) -> Accumulator {
+        chunk_in_place_body(k, g, wmv)
+    }
+
+    /// # Safety
+    /// AVX2 present.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn in_place_avx2(k: &Constants, g: &[f32], wmv: [&mut [f32]; 3]) -> Accumulator {
+        chunk_in_place_body(k, g, wmv)
+    }
 }
 
 #[cfg(test)]
@@ -460,5 +818,179 @@ mod tests {
         let after: Vec<Vec<u32>> = ["a", "b", "c"].map(|n| bits(named[n].as_tensor())).to_vec();
         assert_eq!(before, after);
         assert_eq!(opt.step, 0);
+    }
+
+    fn quadratic_grads(named: &HashMap<String, Var>, step: usize) -> GradStore {
+        named
+            .values()
+            .map(|v| (v.as_tensor().sin().unwrap() * (3.0 + step as f64)).unwrap())
+            .map(|t| t.sqr().unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_provably_finite_step_writes_in_place_and_keeps_the_bits() {
+        let named = params(11);
+        let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
+        let addresses = |opt: &AdamW| -> Vec<usize> {
+            (0..opt.params.len())
+                .flat_map(|i| [opt.params[i].1.as_tensor(), &opt.m[i], &opt.v[i]])
+                .map(|t| storage_address(t).unwrap())
+                .collect()
+        };
+        let before = addresses(&opt);
+        let mut composed = AdamW::new(params(11), AdamWConfig::default()).unwrap();
+        composed.composed_only = true;
+        for step in 0..3 {
+            assert!(
+                opt.step(&quadratic_grads(&named, step), 1e-2, 1e9)
+                    .unwrap()
+                    .is_finite()
+            );
+            let others = composed
+                .params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            composed
+                .step(&quadratic_grads(&others, step), 1e-2, 1e9)
+                .unwrap();
+        }
+        // In place: the same storage as at the start, every step.
+        assert_eq!(before, addresses(&opt));
+        for i in 0..opt.params.len() {
+            for (ours, theirs) in [
+                (
+                    opt.params[i].1.as_tensor(),
+                    composed.params[i].1.as_tensor(),
+                ),
+                (&opt.m[i], &composed.m[i]),
+                (&opt.v[i], &composed.v[i]),
+            ] {
+                assert_eq!(bits(ours), bits(theirs));
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_updates_with_the_same_bits() {
+        let k = Constants {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            scale: 0.75,
+            inv_correction1: 3.5,
+            inv_correction2: 1.7,
+            eps: 1e-8,
+            lr: 3e-3,
+            decay: 0.99997,
+        };
+        let mut rng = crate::rng::Rng::new(4);
+        let n = CHUNK + 37;
+        let mut draw = |scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
+                .collect()
+        };
+        let (w, g, m) = (draw(1.0), draw(5.0), draw(0.5));
+        let v: Vec<f32> = draw(0.3).iter().map(|x| x * x).collect();
+        let mut runs = Vec::new();
+        for isa in crate::model::isa::Isa::available() {
+            let (mut w2, mut m2, mut v2) = (w.clone(), m.clone(), v.clone());
+            let pass = adamw_in_place_on(isa, &k, &g, [&mut w2, &mut m2, &mut v2]);
+            let (mut nw, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            let buffered = (0..n.div_ceil(CHUNK))
+                .map(|c| {
+                    let at = c * CHUNK..(c * CHUNK + CHUNK).min(n);
+                    let from = [
+                        &w[at.clone()],
+                        &g[at.clone()],
+                        &m[at.clone()],
+                        &v[at.clone()],
+                    ];
+                    let (a, b) = (at.start, at.end);
+                    chunk_into(isa, &k, from, [&mut nw[a..b], &mut nm[a..b], &mut nv[a..b]])
+                })
+                .fold(Accumulator::default(), Accumulator::merge)
+                .pass();
+            assert_eq!(
+                (w2.clone(), m2.clone(), v2.clone()),
+                (nw, nm, nv),
+                "{isa:?}"
+            );
+            assert_eq!(pass.bound, buffered.bound);
+            assert!(pass.finite && pass.bound.v_sound);
+            assert_eq!(pass.bound.m_max, max_abs(&m2));
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            runs.push([bits(&w2), bits(&m2), bits(&v2)]);
+        }
+        assert!(runs.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+
+    #[test]
+    fn the_bounds_see_every_non_finite_or_negative_value() {
+        assert_eq!(max_abs(&[0.5, -3.0, 2.0]), 3.0);
+        assert!(max_abs(&[1.0, f32::NAN]).is_nan());
+        assert!(max_abs(&[f32::NEG_INFINITY, 1.0]).is_nan());
+        assert_eq!(max_abs(&[]), 0.0);
+        let sound = MomentBound::of(&[0.25, -0.5], &[0.0, 1e30]);
+        assert_eq!(
+            sound,
+            MomentBound {
+                m_max: 0.5,
+                v_sound: true
+            }
+        );
+        for bad_v in [-1e-30, f32::NAN, f32::INFINITY] {
+            assert!(!MomentBound::of(&[0.0], &[1.0, bad_v]).v_sound, "{bad_v}");
+        }
+        assert!(MomentBound::of(&[f32::NAN], &[1.0]).m_max.is_nan());
+    }
+
+    #[test]
+    fn a_corrupt_saved_moment_is_refused_without_touching_the_weights() {
+        let named = params(12);
+        let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
+        let mut state = opt.state_tensors();
+        // A negative second moment, as a damaged optimizer file could hold: sqrt gives NaN.
+        let n = named["a"].elem_count();
+        let mut bad = vec![0.5f32; n];
+        bad[17] = -4.0;
+        state.insert(
+            "v.a".into(),
+            Tensor::from_vec(bad, n, &Device::Cpu).unwrap(),
+        );
+        opt.load_state(&state, 5).unwrap();
+        let grads = quadratic_grads(&named, 0);
+        assert!(
+            !opt.provably_finite(&grads, &constants_for_test(), 1.0)
+                .unwrap()
+        );
+        let before = bits(named["a"].as_tensor());
+        let m_before = bits(&opt.m[0]);
+        // The loaded moments are copies: the caller's tensors do not change either way.
+        assert!(opt.step(&grads, 1e-3, 1.0).unwrap().is_nan());
+        assert_eq!(before, bits(named["a"].as_tensor()));
+        assert_eq!(m_before, bits(&opt.m[0]));
+        assert_eq!(opt.step, 5);
+    }
+
+    fn constants_for_test() -> Constants {
+        Constants {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            scale: 1.0,
+            inv_correction1: 2.0,
+            inv_correction2: 2.0,
+            eps: 1e-8,
+            lr: 1e-3,
+            decay: 0.99999,
+        }
     }
 }

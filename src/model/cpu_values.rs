@@ -50,3 +50,49 @@ pub fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R
     };
     f(&cpu.as_slice::<T>()?[start..end])
 }
+
+/// Runs `f` on a contiguous CPU f32 tensor's own values, mutably, in place: for updates that
+/// would otherwise build a new tensor of the same size and copy it back (the optimizer's
+/// weights and moments). Other tensors that share the storage see the change, as with
+/// `Var::set`. `f` must not touch `t` again (its storage is locked while `f` runs).
+pub fn with_values_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+    struct Run<F, R> {
+        f: std::cell::Cell<Option<F>>,
+        out: std::cell::Cell<Option<Result<R>>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> Result<R>, R> candle_core::InplaceOp1 for Run<F, R> {
+        fn name(&self) -> &'static str {
+            "with_values_mut"
+        }
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                bail!("expected a contiguous tensor")
+            };
+            let CpuStorage::F32(values) = storage else {
+                bail!("expected an f32 tensor")
+            };
+            if let Some(f) = self.f.take() {
+                self.out.set(Some(f(&mut values[start..end])));
+            }
+            Ok(())
+        }
+    }
+    let run = Run {
+        f: std::cell::Cell::new(Some(f)),
+        out: std::cell::Cell::new(None),
+    };
+    t.inplace_op1(&run)?;
+    run.out
+        .take()
+        .unwrap_or_else(|| Err(Error::Msg("with_values_mut: the update did not run".into())))
+}
+
+/// The address of the first value of a CPU tensor's whole storage (not of its view): two
+/// tensors with different addresses do not share storage.
+pub fn storage_address(t: &Tensor) -> Result<usize> {
+    let (storage, _) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("expected a CPU tensor")
+    };
+    Ok(cpu.as_slice::<f32>()?.as_ptr() as usize)
+}

@@ -22,7 +22,7 @@ mod cuda_output_loss;
 mod cuda_util;
 mod dense;
 mod direct_gradients;
-pub(crate) use cpu_values::with_values;
+pub(crate) use cpu_values::{storage_address, with_values, with_values_mut};
 mod fused_lstm;
 mod gates;
 pub mod init;

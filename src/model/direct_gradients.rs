@@ -6,8 +6,10 @@
 //! the node's gradient to it, and the concatenated weights `[W_ih | W_hh]` come back through
 //! strided `narrow`s. At the reference size (H512) that is about 50 MB zeroed and added per step,
 //! 26-34 ms of a 500 ms step around ops that take 318 ms (docs/BENCHMARKS.md, issue 14, eighth
-//! pass). Here each gradient is made once. The operations are candle's own, in its order, so the
-//! gradients have the bits of `loss.backward()` (a test compares them).
+//! pass). Here each gradient is made once, and the LSTM layers take `W_ih` and `W_hh` as two
+//! operands, so the weights are never concatenated nor their gradient split (ninth pass). The
+//! operations are candle's own, in its order, so the gradients have the bits of
+//! `loss.backward()` (a test compares them).
 
 use std::sync::Arc;
 
@@ -140,11 +142,10 @@ impl AttentionRun {
 /// One fused layer's forward, kept for its backward pass.
 struct LayerRun {
     kind: LayerInput,
-    op: SharedOp,
+    op: FusedLstmOp,
     input: Tensor,
-    /// The input part of `w`: `W_ih`, or layer 0's `W_ih E^T` per id.
+    /// The op's input weights: `W_ih`, or layer 0's `W_ih E^T` per id.
     input_part: Tensor,
-    w: Tensor,
     extra: Tensor,
     out: Tensor,
     /// The dropout mask the input was multiplied by (layers above the first, training).
@@ -249,16 +250,15 @@ impl MusicModel {
                     (input, w_ih.clone(), mask, LayerInput::Stacked)
                 }
             };
-            let (w, extra) =
-                layer.fused_operands(&input_part, &state.lstm.h[l], &state.lstm.c[l])?;
-            let op = shared(FusedLstmOp::new(true, kind));
-            let out = input.apply_op3_arc(&w, &extra, op.clone())?;
+            let extra = layer.fused_extra(&state.lstm.h[l], &state.lstm.c[l])?;
+            let op = FusedLstmOp::new(true, kind);
+            // The weights as two operands: no `[W_ih | W_hh]` copy, nor a split of its gradient.
+            let out = op.forward_parts(&input, &input_part, w_hh, &extra)?;
             runs.push(LayerRun {
                 kind,
                 op,
                 input,
                 input_part,
-                w,
                 extra,
                 out,
                 mask,
@@ -319,15 +319,12 @@ impl DirectBackward {
             d_out = attention.backward(&d_out, &mut grads)?;
         }
         for run in self.runs.iter().rev() {
-            let (d_input, d_w, d_extra) = run
-                .op
-                .bwd(&run.input, &run.w, &run.extra, &run.out, &d_out)?;
-            let d_w = d_w.ok_or_else(|| missing("an LSTM layer's weights"))?;
-            let d_extra = d_extra.ok_or_else(|| missing("an LSTM layer's biases"))?;
             let [w_ih, w_hh, b_ih, b_hh] = &run.weights;
-            let width = run.input_part.dim(1)?;
-            let d_input_part = d_w.narrow(1, 0, width)?.contiguous()?;
-            grads.insert(w_hh, d_w.narrow(1, width, hidden)?.contiguous()?);
+            let g = run
+                .op
+                .backward_parts(&run.input, &run.input_part, w_hh, &run.extra, &d_out)?;
+            let (d_input, d_input_part, d_extra) = (g.dx, g.dw_ih, g.dextra);
+            grads.insert(w_hh, g.dw_hh);
             // `b_ih + b_hh`: each bias gets the sum's gradient.
             let d_bias = d_extra.narrow(0, 0, 4 * hidden)?.contiguous()?;
             grads.insert(b_ih, d_bias.clone());

@@ -10,13 +10,15 @@
 //!   product `h_{t-1} W_hh^T` for their part on weights packed once ([`super::kernels`]) and one
 //!   vectorised pass over their gates ([`super::gates`]), then (by units) one barrier;
 //! - backward: per step, the gate derivatives of a member's part, (by units) a barrier, and the
-//!   product `da_t W_hh` for its part; then `[dW_ih | dW_hh]` (one GEMM over the rows
-//!   `[x_t | h_{t-1}]`), the bias and `dx` as single large GEMMs over all steps.
+//!   product `da_t W_hh` for its part; then `dW_ih` and `dW_hh` (GEMMs over the rows `x_t` and
+//!   `h_{t-1}` of `[x_t | h_{t-1}]`), the bias and `dx` as single large GEMMs over all steps.
 //!
 //! Inputs: `x [B, T, In]`; `w [4H, In + H]` = `W_ih | W_hh` (gate order i, f, g, o as
 //! PyTorch); `extra [4H + 2 B H]` = the summed bias, `h_0 [B, H]`, `c_0 [B, H]`. Layer 0 may
 //! take event ids instead of `x` ([`LayerInput::Ids`]).
 //! Output `[B, T + 1, H]`: `h_1 .. h_T`, then the final cell state `c_T` in the last row.
+//! The hand-run training step calls the same passes with `W_ih` and `W_hh` as two operands
+//! ([`FusedLstmOp::forward_parts`], [`FusedLstmOp::backward_parts`]), outside candle's graph.
 
 use std::sync::Mutex;
 
@@ -272,42 +274,167 @@ fn swap_leading(src: &[f32], (a, a_out): (usize, usize), b: usize, c: usize) -> 
     out
 }
 
-impl CustomOp3 for FusedLstmOp {
-    fn name(&self) -> &'static str {
-        "fused-lstm"
+/// The layer's weights as the CPU passes read them: `W_ih` (layer 0: the per-id table) `[4H, In]`
+/// and `W_hh [4H, H]`, each row-major with its own row stride. Two views of one `[W_ih | W_hh]`
+/// (the candle op's operand) or two tensors of their own ([`FusedLstmOp::forward_parts`]),
+/// which spares the concatenation every step and the split of its gradient.
+#[derive(Clone, Copy)]
+struct Weights<'a> {
+    ih: &'a [f32],
+    ih_stride: usize,
+    hh: &'a [f32],
+    hh_stride: usize,
+}
+
+impl<'a> Weights<'a> {
+    /// The two parts of `w = [W_ih | W_hh]`.
+    fn joined(w: &'a [f32], d: &Dims) -> Weights<'a> {
+        let ww = d.w_width();
+        Weights {
+            ih: w,
+            ih_stride: ww,
+            hh: &w[d.input..],
+            hh_stride: ww,
+        }
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn parts(ih: &'a [f32], hh: &'a [f32], d: &Dims) -> Result<Weights<'a>> {
+        let four_h = 4 * d.h;
+        if ih.len() != four_h * d.input || hh.len() != four_h * d.h {
+            bail!(
+                "fused LSTM: weights of {} and {} values for H {}",
+                ih.len(),
+                hh.len(),
+                d.h
+            )
+        }
+        Ok(Weights {
+            ih,
+            ih_stride: d.input,
+            hh,
+            hh_stride: d.h,
+        })
+    }
+}
+
+/// The forward pass's first operand, read in place.
+enum InputValues<'a> {
+    Vectors(&'a [f32]),
+    Ids(&'a [u32]),
+}
+
+/// The weight gradients of one backward pass, as the two parts of `w`.
+struct WeightGradients {
+    dx: Option<Tensor>,
+    /// `[4H, In]`.
+    dw_ih: Vec<f32>,
+    /// `[4H, H]`.
+    dw_hh: Vec<f32>,
+    /// `[4H + 2 B H]`: the bias, `h_0` and `c_0` gradients.
+    dextra: Vec<f32>,
+}
+
+/// [`FusedLstmOp::backward_parts`]' gradients.
+pub struct PartGradients {
+    /// The input's, for vectors (none for ids).
+    pub dx: Option<Tensor>,
+    pub dw_ih: Tensor,
+    pub dw_hh: Tensor,
+    /// Of `extra`: the bias, `h_0` and `c_0`.
+    pub dextra: Tensor,
+}
+
+impl FusedLstmOp {
+    /// The CPU forward pass on `W_ih` (or the per-id table) and `W_hh` as separate tensors, not
+    /// concatenated: for the hand-run training step ([`super::direct_gradients`]), which calls
+    /// [`FusedLstmOp::backward_parts`] itself. The output carries no autograd graph.
+    pub fn forward_parts(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if self.input_kind != LayerInput::Dense {
-            bail!("fused LSTM: on CUDA the op takes vectors [B, T, In], not ids or a stacked input")
-        }
-        let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
-        let (out, saved) = super::cuda_lstm::forward((s1, l1), (s2, l2), (s3, l3), d.cuda_sizes())?;
-        if self.keep_for_backward {
-            *self.saved_cuda.lock().map_err(|_| poisoned("fused LSTM"))? = Some(saved);
-        }
-        Ok((out, Shape::from((d.b, d.t + 1, d.h))))
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        extra: &Tensor,
+    ) -> Result<Tensor> {
+        let d = self.part_dims(x, w_ih, w_hh, extra)?;
+        let out = with_values(w_ih, |ih: &[f32]| {
+            with_values(w_hh, |hh: &[f32]| {
+                with_values(extra, |extra: &[f32]| {
+                    let weights = Weights::parts(ih, hh, &d)?;
+                    match self.input_kind {
+                        LayerInput::Dense | LayerInput::Stacked => with_values(x, |x: &[f32]| {
+                            self.forward_values(d, InputValues::Vectors(x), weights, extra)
+                        }),
+                        LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                            self.forward_values(d, InputValues::Ids(ids), weights, extra)
+                        }),
+                    }
+                })
+            })
+        })?;
+        Tensor::from_vec(out, (d.b, d.t + 1, d.h), x.device())
     }
 
-    fn cpu_fwd(
+    /// The backward pass of [`FusedLstmOp::forward_parts`], given the gradient of its output.
+    pub fn backward_parts(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
+        x: &Tensor,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        extra: &Tensor,
+        grad: &Tensor,
+    ) -> Result<PartGradients> {
+        let d = self.part_dims(x, w_ih, w_hh, extra)?;
+        let saved = take_saved(&self.saved, "fused LSTM")?;
+        let device = x.device();
+        let g = with_values(grad, |grad: &[f32]| {
+            with_values(w_ih, |ih: &[f32]| {
+                with_values(w_hh, |hh: &[f32]| {
+                    let weights = Weights::parts(ih, hh, &d)?;
+                    match self.input_kind {
+                        LayerInput::Dense | LayerInput::Stacked => {
+                            self.backward(d, saved, grad, weights, &[], device)
+                        }
+                        LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                            self.backward(d, saved, grad, weights, ids, device)
+                        }),
+                    }
+                })
+            })
+        })?;
+        let four_h = 4 * d.h;
+        Ok(PartGradients {
+            dx: g.dx,
+            dw_ih: Tensor::from_vec(g.dw_ih, (four_h, d.input), device)?,
+            dw_hh: Tensor::from_vec(g.dw_hh, (four_h, d.h), device)?,
+            dextra: Tensor::from_vec(g.dextra, four_h + 2 * d.b * d.h, device)?,
+        })
+    }
+
+    /// The sizes, from the shapes the joined operand `[W_ih | W_hh]` would have.
+    fn part_dims(&self, x: &Tensor, w_ih: &Tensor, w_hh: &Tensor, extra: &Tensor) -> Result<Dims> {
+        let (four_h, input) = w_ih.dims2()?;
+        let (rows, h) = w_hh.dims2()?;
+        if rows != four_h {
+            bail!("fused LSTM: W_ih has {four_h} rows, W_hh {rows}")
+        }
+        Dims::of(
+            x.shape(),
+            &Shape::from((four_h, input + h)),
+            extra.shape(),
+            self.input_kind,
+        )
+    }
+}
+
+impl FusedLstmOp {
+    /// The CPU forward pass on borrowed values; the output `[B, T + 1, H]`.
+    fn forward_values(
+        &self,
+        d: Dims,
+        input_values: InputValues,
+        weights: Weights,
+        extra: &[f32],
+    ) -> Result<Vec<f32>> {
         let Dims {
             b,
             t,
@@ -316,18 +443,14 @@ impl CustomOp3 for FusedLstmOp {
             h,
             ..
         } = d;
-        let w = storage_values::<f32>(s2, l2, "fused LSTM: w")?;
-        let extra = storage_values::<f32>(s3, l3, "fused LSTM: extra")?;
-        let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
+        let (four_h, xw) = (4 * h, d.xh_width());
         let bias = &extra[..four_h];
 
         let keep = self.keep_for_backward;
         let x_width = d.x_width;
-        let dense_x: &[f32] = match self.input_kind {
-            LayerInput::Dense | LayerInput::Stacked => {
-                storage_values::<f32>(s1, l1, "fused LSTM: x")?
-            }
-            LayerInput::Ids => &[],
+        let dense_x: &[f32] = match input_values {
+            InputValues::Vectors(x) => x,
+            InputValues::Ids(_) => &[],
         };
         // Written in full below: the h of block 0 here, the x of blocks 0..T by the copy that
         // follows, the h of blocks 1..=T by the team; the x of block T is zeroed.
@@ -363,13 +486,15 @@ impl CustomOp3 for FusedLstmOp {
                     four_h,
                     &xh,
                     (xw, 1),
-                    w,
-                    (1, ww),
+                    weights.ih,
+                    (1, weights.ih_stride),
                 );
                 (xproj, &[][..])
             }
             LayerInput::Ids => {
-                let ids = storage_values::<u32>(s1, l1, "fused LSTM: ids")?;
+                let InputValues::Ids(ids) = input_values else {
+                    bail!("fused LSTM: ids expected")
+                };
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= input) {
                     bail!("fused LSTM: id {bad} is outside the vocabulary of {input}")
                 }
@@ -380,7 +505,7 @@ impl CustomOp3 for FusedLstmOp {
                     .enumerate()
                     .for_each(|(v, row)| {
                         for (n, value) in row.iter_mut().enumerate() {
-                            *value = w[n * ww + v];
+                            *value = weights.ih[n * weights.ih_stride + v];
                         }
                     });
                 (table, ids)
@@ -389,7 +514,7 @@ impl CustomOp3 for FusedLstmOp {
 
         // W_hh^T in panels: panel g * P + u holds gate g's columns for units 32u .. 32u + 31.
         let units = d.unit_panels();
-        let panels = Panels::pack_rows(h, 4 * units, w, (ww, input), |p, c| {
+        let panels = Panels::pack_rows(h, 4 * units, weights.hh, (weights.hh_stride, 0), |p, c| {
             let (g, j) = (p / units, (p % units) * PANEL + c);
             (j < h).then_some(g * h + j)
         });
@@ -576,7 +701,56 @@ impl CustomOp3 for FusedLstmOp {
         } else {
             [gates, cells, xh].into_iter().for_each(scratch::give);
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, t + 1, h))))
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for FusedLstmOp {
+    fn name(&self) -> &'static str {
+        "fused-lstm"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.input_kind != LayerInput::Dense {
+            bail!("fused LSTM: on CUDA the op takes vectors [B, T, In], not ids or a stacked input")
+        }
+        let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
+        let (out, saved) = super::cuda_lstm::forward((s1, l1), (s2, l2), (s3, l3), d.cuda_sizes())?;
+        if self.keep_for_backward {
+            *self.saved_cuda.lock().map_err(|_| poisoned("fused LSTM"))? = Some(saved);
+        }
+        Ok((out, Shape::from((d.b, d.t + 1, d.h))))
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1.shape(), l2.shape(), l3.shape(), self.input_kind)?;
+        let w = storage_values::<f32>(s2, l2, "fused LSTM: w")?;
+        let extra = storage_values::<f32>(s3, l3, "fused LSTM: extra")?;
+        let input = match self.input_kind {
+            LayerInput::Dense | LayerInput::Stacked => {
+                InputValues::Vectors(storage_values::<f32>(s1, l1, "fused LSTM: x")?)
+            }
+            LayerInput::Ids => InputValues::Ids(storage_values::<u32>(s1, l1, "fused LSTM: ids")?),
+        };
+        let out = self.forward_values(d, input, Weights::joined(w, &d), extra)?;
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.t + 1, d.h))))
     }
 
     fn bwd(
@@ -598,30 +772,47 @@ impl CustomOp3 for FusedLstmOp {
         let saved = take_saved(&self.saved, "fused LSTM")?;
         let device = x.device();
         // Read in place: the gradient and the weights are megabytes, copied every step otherwise.
-        with_values(grad_res, |grad: &[f32]| {
-            with_values(w, |w: &[f32]| match self.input_kind {
-                LayerInput::Dense | LayerInput::Stacked => {
-                    self.backward(d, saved, grad, w, &[], device)
+        let g = with_values(grad_res, |grad: &[f32]| {
+            with_values(w, |w: &[f32]| {
+                let weights = Weights::joined(w, &d);
+                match self.input_kind {
+                    LayerInput::Dense | LayerInput::Stacked => {
+                        self.backward(d, saved, grad, weights, &[], device)
+                    }
+                    LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                        self.backward(d, saved, grad, weights, ids, device)
+                    }),
                 }
-                LayerInput::Ids => with_values(x, |ids: &[u32]| {
-                    self.backward(d, saved, grad, w, ids, device)
-                }),
             })
-        })
+        })?;
+        // Autograd takes the gradient of `w` whole: the two parts side by side again.
+        let (four_h, input, h, ww) = (4 * d.h, d.input, d.h, d.w_width());
+        let mut dw = vec![0f32; four_h * ww];
+        dw.par_chunks_mut(ww).enumerate().for_each(|(n, row)| {
+            row[..input].copy_from_slice(&g.dw_ih[n * input..][..input]);
+            row[input..].copy_from_slice(&g.dw_hh[n * h..][..h]);
+        });
+        let dextra_len = g.dextra.len();
+        Ok((
+            g.dx,
+            Some(Tensor::from_vec(dw, (four_h, ww), device)?),
+            Some(Tensor::from_vec(g.dextra, dextra_len, device)?),
+        ))
     }
 }
 
 impl FusedLstmOp {
-    /// The backward pass on borrowed values: `grad [B, T + 1, H]`, `w`, and the ids (ids mode).
+    /// The backward pass on borrowed values: `grad [B, T + 1, H]`, the weights, and the ids
+    /// (ids mode).
     fn backward(
         &self,
         d: Dims,
         saved: Saved,
         grad: &[f32],
-        w: &[f32],
+        weights: Weights,
         ids: &[u32],
         device: &candle_core::Device,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<WeightGradients> {
         let Saved { gates, cells, xh } = saved;
         let Dims {
             b,
@@ -631,13 +822,17 @@ impl FusedLstmOp {
             h,
             ..
         } = d;
-        let (four_h, ww, xw) = (4 * h, d.w_width(), d.xh_width());
+        let (four_h, xw) = (4 * h, d.xh_width());
 
         // W_hh in panels: panel u holds columns (units) 32u .. 32u + 31 of the [4H, H] matrix.
         let units = d.unit_panels();
         let panels = Panels::pack(four_h, units, |u, kk, c| {
             let j = u * PANEL + c;
-            if j < h { w[kk * ww + input + j] } else { 0.0 }
+            if j < h {
+                weights.hh[kk * weights.hh_stride + j]
+            } else {
+                0.0
+            }
         });
 
         // Gate pre-activation gradients, time-major [T, B, 4H], every unit of every step's block
@@ -807,22 +1002,33 @@ impl FusedLstmOp {
         }
 
         let rows = t * b;
-        // [dW_ih | dW_hh] = da^T [4H, TB] times the rows [x_t | h_{t-1}], straight into place
-        // (ids: only the h part; the id columns follow).
-        let mut dw = vec![0f32; four_h * ww];
-        let skip = ww - xw;
+        // dW_hh = da^T [4H, TB] times the rows h_{t-1} of xh, and for vectors dW_ih = da^T times
+        // the rows x_t (ids: from the sums per id below). Two products, each into its own
+        // buffer: `gemm` blocks the depth by cache size alone, not by the columns, so each sum
+        // is the same chain of multiply-adds as in one product over `[x_t | h_{t-1}]`.
         let lhs_rs = (1, four_h);
+        let mut dw_hh = vec![0f32; four_h * h];
         matmul(
-            (four_h, xw, rows),
-            &mut dw[skip..],
-            ww,
+            (four_h, h, rows),
+            &mut dw_hh,
+            h,
             &da,
             lhs_rs,
-            &xh,
+            &xh[d.x_width..],
             (xw, 1),
         );
+        let mut dw_ih = vec![0f32; four_h * input];
         let dx = match self.input_kind {
             LayerInput::Dense | LayerInput::Stacked => {
+                matmul(
+                    (four_h, input, rows),
+                    &mut dw_ih,
+                    input,
+                    &da,
+                    lhs_rs,
+                    &xh,
+                    (xw, 1),
+                );
                 // dx = da W_ih, time-major, then back to x's shape (a zero row for the cell
                 // state of a stacked input).
                 // Written in full by a GEMM that does not read its destination.
@@ -834,30 +1040,34 @@ impl FusedLstmOp {
                     input,
                     &da,
                     dx_rs,
-                    w,
-                    (ww, 1),
+                    weights.ih,
+                    (weights.ih_stride, 1),
                 );
                 let dx = swap_leading(&dx_by_time, (t, x_steps), b, input);
                 scratch::give(dx_by_time);
                 Some(Tensor::from_vec(dx, (b, x_steps, input), device)?)
             }
             LayerInput::Ids => {
-                dw.par_chunks_mut(ww).enumerate().for_each(|(n, row)| {
-                    for (v, value) in row[..input].iter_mut().enumerate() {
-                        *value = per_id[v * four_h + n];
-                    }
-                });
+                dw_ih
+                    .par_chunks_mut(input.max(1))
+                    .enumerate()
+                    .for_each(|(n, row)| {
+                        for (v, value) in row.iter_mut().enumerate() {
+                            *value = per_id[v * four_h + n];
+                        }
+                    });
                 None
             }
         };
         let mut dextra = dbias;
         dextra.extend_from_slice(&dstate);
         [da, cells, xh].into_iter().for_each(scratch::give);
-        Ok((
+        Ok(WeightGradients {
             dx,
-            Some(Tensor::from_vec(dw, (four_h, ww), device)?),
-            Some(Tensor::from_vec(dextra, 4 * h + 2 * b * h, device)?),
-        ))
+            dw_ih,
+            dw_hh,
+            dextra,
+        })
     }
 }
 

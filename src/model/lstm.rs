@@ -228,16 +228,20 @@ impl LstmLayer {
     }
 
     /// The fused op's weight and `extra` operands: `[input_part | W_hh]` and
-    /// `[b_ih + b_hh | h0 | c0]`.
-    pub(super) fn fused_operands(
+    /// [`LstmLayer::fused_extra`].
+    fn fused_operands(
         &self,
         input_part: &Tensor,
         h0: &Tensor,
         c0: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let w = Tensor::cat(&[input_part, &self.w_hh], 1)?;
-        let extra = Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)?;
-        Ok((w, extra))
+        Ok((w, self.fused_extra(h0, c0)?))
+    }
+
+    /// The fused op's `extra` operand, `[b_ih + b_hh | h0 | c0]`.
+    pub(super) fn fused_extra(&self, h0: &Tensor, c0: &Tensor) -> Result<Tensor> {
+        Tensor::cat(&[&self.bias()?, &h0.flatten_all()?, &c0.flatten_all()?], 0)
     }
 
     /// The input projection of every vocabulary entry, `W_ih embedding^T [4H, V]`.

@@ -389,15 +389,7 @@ impl FusedLstmOp {
         let g = with_values(grad, |grad: &[f32]| {
             with_values(w_ih, |ih: &[f32]| {
                 with_values(w_hh, |hh: &[f32]| {
-                    let weights = Weights::parts(ih, hh, &d)?;
-                    match self.input_kind {
-                        LayerInput::Dense | LayerInput::Stacked => {
-                            self.backward(d, saved, grad, weights, &[], device)
-                        }
-                        LayerInput::Ids => with_values(x, |ids: &[u32]| {
-                            self.backward(d, saved, grad, weights, ids, device)
-                        }),
-                    }
+                    self.backward_of(d, saved, grad, Weights::parts(ih, hh, &d)?, x)
                 })
             })
         })?;
@@ -774,15 +766,7 @@ impl CustomOp3 for FusedLstmOp {
         // Read in place: the gradient and the weights are megabytes, copied every step otherwise.
         let g = with_values(grad_res, |grad: &[f32]| {
             with_values(w, |w: &[f32]| {
-                let weights = Weights::joined(w, &d);
-                match self.input_kind {
-                    LayerInput::Dense | LayerInput::Stacked => {
-                        self.backward(d, saved, grad, weights, &[], device)
-                    }
-                    LayerInput::Ids => with_values(x, |ids: &[u32]| {
-                        self.backward(d, saved, grad, weights, ids, device)
-                    }),
-                }
+                self.backward_of(d, saved, grad, Weights::joined(w, &d), x)
             })
         })?;
         // Autograd takes the gradient of `w` whole: the two parts side by side again.
@@ -802,6 +786,25 @@ impl CustomOp3 for FusedLstmOp {
 }
 
 impl FusedLstmOp {
+    /// [`FusedLstmOp::backward`] for the op's input `x`: its ids read in place (ids mode).
+    fn backward_of(
+        &self,
+        d: Dims,
+        saved: Saved,
+        grad: &[f32],
+        weights: Weights,
+        x: &Tensor,
+    ) -> Result<WeightGradients> {
+        match self.input_kind {
+            LayerInput::Dense | LayerInput::Stacked => {
+                self.backward(d, saved, grad, weights, &[], x.device())
+            }
+            LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                self.backward(d, saved, grad, weights, ids, x.device())
+            }),
+        }
+    }
+
     /// The backward pass on borrowed values: `grad [B, T + 1, H]`, the weights, and the ids
     /// (ids mode).
     fn backward(

@@ -307,8 +307,12 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // Nothing to bound or write (and an empty storage has no address of its own).
+            if var.elem_count() == 0 {
+                continue;
+            }
             let bound = self.bounds[i];
-            if !bound.v_sound || !bound.m_max.is_finite() || var.elem_count() == 0 {
+            if !bound.v_sound || !bound.m_max.is_finite() {
                 return Ok(false);
             }
             let w_max = with_values(var.as_tensor(), |w: &[f32]| Ok(max_abs(w)))?;
@@ -388,7 +392,11 @@ impl AdamW {
                     );
                 }
                 // A copy of its own: the CPU update writes the moments in place.
-                *slot = t.to_device(var.device())?.to_dtype(var.dtype())?.copy()?;
+                *slot = t
+                    .to_device(var.device())?
+                    .to_dtype(var.dtype())?
+                    .contiguous()?
+                    .copy()?;
             }
             self.bounds[i] = if self.fused_on_cpu() {
                 with_values(&self.m[i], |m: &[f32]| {
@@ -977,6 +985,24 @@ mod tests {
         assert_eq!(before, bits(named["a"].as_tensor()));
         assert_eq!(m_before, bits(&opt.m[0]));
         assert_eq!(opt.step, 5);
+    }
+
+    #[test]
+    fn an_empty_parameter_does_not_stop_the_in_place_update() {
+        let mut named = params(13);
+        named.insert(
+            "empty".into(),
+            Var::from_vec(Vec::<f32>::new(), 0, &Device::Cpu).unwrap(),
+        );
+        let mut opt = AdamW::new(named.clone(), AdamWConfig::default()).unwrap();
+        let grads = quadratic_grads(&named, 1);
+        assert!(
+            opt.provably_finite(&grads, &constants_for_test(), 1.0)
+                .unwrap()
+        );
+        let m_address = storage_address(&opt.m[0]).unwrap();
+        assert!(opt.step(&grads, 1e-3, 1.0).unwrap().is_finite());
+        assert_eq!(m_address, storage_address(&opt.m[0]).unwrap());
     }
 
     fn constants_for_test() -> Constants {

@@ -141,7 +141,6 @@ impl AttentionRun {
 
 /// One fused layer's forward, kept for its backward pass.
 struct LayerRun {
-    kind: LayerInput,
     op: FusedLstmOp,
     input: Tensor,
     /// The op's input weights: `W_ih`, or layer 0's `W_ih E^T` per id.
@@ -255,7 +254,6 @@ impl MusicModel {
             // The weights as two operands: no `[W_ih | W_hh]` copy, nor a split of its gradient.
             let out = op.forward_parts(&input, &input_part, w_hh, &extra)?;
             runs.push(LayerRun {
-                kind,
                 op,
                 input,
                 input_part,
@@ -329,7 +327,7 @@ impl DirectBackward {
             let d_bias = d_extra.narrow(0, 0, 4 * hidden)?.contiguous()?;
             grads.insert(b_ih, d_bias.clone());
             grads.insert(b_hh, d_bias);
-            match run.kind {
+            match run.op.input_kind() {
                 // Layers above the first: `W_ih` itself, and the gradient of the input goes on
                 // down through the dropout mask.
                 LayerInput::Stacked | LayerInput::Dense => {

@@ -88,6 +88,11 @@ impl FusedLstmOp {
         }
     }
 
+    /// What the op's first input is.
+    pub fn input_kind(&self) -> LayerInput {
+        self.input_kind
+    }
+
     /// The op with the forward pass's team divided as `split` says (tests compare the two).
     pub fn with_team_split(mut self, split: TeamSplit) -> Self {
         self.split = split;
@@ -416,9 +421,7 @@ impl FusedLstmOp {
             self.input_kind,
         )
     }
-}
 
-impl FusedLstmOp {
     /// The CPU forward pass on borrowed values; the output `[B, T + 1, H]`.
     fn forward_values(
         &self,

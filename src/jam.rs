@@ -257,6 +257,21 @@ struct Answer {
     next: f64,
 }
 
+/// Sends a note-on; a key struck again while it sounds is released first, so every note-on on
+/// the output has its note-off (a synth that stacks voices would otherwise keep one ringing).
+fn strike(
+    out: &mut Box<dyn MidiSender>,
+    pitch: u8,
+    velocity: u8,
+    sounding: bool,
+) -> Result<(), String> {
+    if sounding {
+        out.send(&[0x80, pitch, 0]).map_err(|e| e.to_string())?;
+    }
+    out.send(&[0x90, pitch, velocity])
+        .map_err(|e| e.to_string())
+}
+
 fn run(
     model: &MusicModel,
     mut out: Box<dyn MidiSender>,
@@ -332,12 +347,12 @@ fn run(
                 if answer.take().is_some() {
                     end_answer(&mut voice, &mut out, &mut answer_notes, at(when))?;
                 }
-                if config.echo_player {
-                    out.send(&[0x90, pitch, velocity])
-                        .map_err(|e| e.to_string())?;
-                }
                 let t = at(when);
-                if let Some((start, v)) = player[pitch as usize].replace((t, velocity)) {
+                let restruck = player[pitch as usize].replace((t, velocity));
+                if config.echo_player {
+                    strike(&mut out, pitch, velocity, restruck.is_some())?;
+                }
+                if let Some((start, v)) = restruck {
                     // A re-struck key ends its earlier note.
                     publish(&mut |s: &mut JamState| {
                         s.notes.push(JamNote {
@@ -441,15 +456,13 @@ fn run(
                         Some(Event::NoteOn(pitch)) => {
                             let velocity =
                                 tokenizer::bin_velocity(voice.velocity_bin.unwrap_or(15));
-                            out.send(&[0x90, pitch, velocity])
-                                .map_err(|e| e.to_string())?;
+                            let restruck = answer_notes[pitch as usize].replace((t, velocity));
+                            strike(&mut out, pitch, velocity, restruck.is_some())?;
                             if let Some(pause_end) = a.pause_end.take() {
                                 let latency = pause_end.elapsed();
                                 publish(&mut |s: &mut JamState| s.latencies.push(latency));
                             }
-                            if let Some((start, v)) =
-                                answer_notes[pitch as usize].replace((t, velocity))
-                            {
+                            if let Some((start, v)) = restruck {
                                 publish(&mut |s: &mut JamState| {
                                     s.notes.push(JamNote {
                                         note: Note::new(pitch, v, start, t.max(start + 0.01)),

@@ -208,3 +208,33 @@ fn a_new_note_cuts_the_answer_short_and_the_take_holds_both_parts() {
         "three phrase notes and the interrupting one"
     );
 }
+
+#[test]
+fn a_key_struck_again_while_it_sounds_is_released_first_on_the_output() {
+    let out = FakeMidiOut::default();
+    let (model, _) =
+        load_for_inference(Path::new("assets/models/lstm-attention"), &Device::Cpu).unwrap();
+    let sender = out
+        .connect(&PortChoice::Virtual("EchoAI Studio".into()))
+        .unwrap();
+    let config = JamConfig {
+        // Long enough that the model never answers: only the echoed player is on the output.
+        pause_seconds: 10.0,
+        echo_player: true,
+        ..JamConfig::default()
+    };
+    let jam = Jam::start(Arc::new(model), sender, config).unwrap();
+    jam.note_on(60, 90);
+    jam.note_on(60, 70);
+    jam.note_off(60);
+    let state = jam.stop();
+    let log = out.log.lock().unwrap();
+    let notes: Vec<(u8, u8)> = log
+        .iter()
+        .filter(|(_, m)| m[0] & 0xe0 == 0x80)
+        .map(|(_, m)| (m[0] & 0xf0, m[2]))
+        .collect();
+    assert_eq!(notes, [(0x90, 90), (0x80, 0), (0x90, 70), (0x80, 0)]);
+    let played: Vec<u8> = state.notes.iter().map(|n| n.note.velocity).collect();
+    assert_eq!(played, [90, 70], "both strikes are in the take");
+}

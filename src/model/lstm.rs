@@ -174,7 +174,8 @@ impl LstmLayer {
             LayerInput::Stacked => input.dims()[1] - 1,
             LayerInput::Dense | LayerInput::Ids => input.dims()[1],
         };
-        let (w, extra) = self.fused_operands(input_part, h0, c0)?;
+        let w = Tensor::cat(&[input_part, &self.w_hh], 1)?;
+        let extra = self.fused_extra(h0, c0)?;
         let input = input.contiguous()?;
         // Activations are kept only when autograd will ask for the backward pass.
         let needs_grad = input.track_op() || w.track_op() || extra.track_op();
@@ -225,18 +226,6 @@ impl LstmLayer {
         }
         let x = embed(ids, embedding)?.reshape((b, t, embedding.dim(1)?))?;
         self.forward_sequence(&Sequence::States(x), h0, c0, recurrence)
-    }
-
-    /// The fused op's weight and `extra` operands: `[input_part | W_hh]` and
-    /// [`LstmLayer::fused_extra`].
-    fn fused_operands(
-        &self,
-        input_part: &Tensor,
-        h0: &Tensor,
-        c0: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let w = Tensor::cat(&[input_part, &self.w_hh], 1)?;
-        Ok((w, self.fused_extra(h0, c0)?))
     }
 
     /// The fused op's `extra` operand, `[b_ih + b_hh | h0 | c0]`.
@@ -436,15 +425,7 @@ fn dropout_sequence(x: &Sequence, p: f64, rng: &mut Rng) -> Result<Sequence> {
     }
     match x {
         Sequence::WithCell(out) if out.device().is_cpu() => {
-            let (_, rows, hidden) = out.dims3()?;
-            let block = rows * hidden;
-            let drawn = rows.saturating_sub(1) * hidden;
-            Ok(Sequence::WithCell(times_host_mask(
-                out,
-                p,
-                rng,
-                (block, drawn),
-            )?))
+            Ok(Sequence::WithCell((out * cell_dropout_mask(out, p, rng)?)?))
         }
         Sequence::WithCell(_) => Ok(Sequence::States(dropout(&x.states()?, p, rng)?)),
         Sequence::States(h) => Ok(Sequence::States(dropout(h, p, rng)?)),
@@ -467,23 +448,12 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
         return x * mask;
     }
     let count = x.elem_count();
-    times_host_mask(x, p, rng, (count, count))
-}
-
-/// `x` times an inverted-dropout mask drawn on the host: `x` is read as blocks of `block`
-/// values, and the first `drawn` of each get a draw from `rng`, in order (kept: `1 / (1 - p)`,
-/// dropped: 0); the rest of each block gets 0 and no draw.
-fn times_host_mask(
-    x: &Tensor,
-    p: f64,
-    rng: &mut Rng,
-    (block, drawn): (usize, usize),
-) -> Result<Tensor> {
-    x * host_mask(x, p, rng, (block, drawn))?
+    x * host_mask(x, p, rng, (count, count))?
 }
 
 /// The mask [`dropout_sequence`] multiplies a [`Sequence::WithCell`] CPU output `[B, T + 1, H]`
-/// by, drawn the same way, for code that needs the mask itself (its own backward pass).
+/// by: a draw for each of `h_1 .. h_T`, none for the cell-state row. The hand-run backward pass
+/// ([`super::direct_gradients`]) keeps it.
 pub(super) fn cell_dropout_mask(out: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
     let (_, rows, hidden) = out.dims3()?;
     host_mask(
@@ -494,7 +464,9 @@ pub(super) fn cell_dropout_mask(out: &Tensor, p: f64, rng: &mut Rng) -> Result<T
     )
 }
 
-/// The mask of [`times_host_mask`], shaped as `x`.
+/// An inverted-dropout mask shaped as `x`, drawn on the host: `x` is read as blocks of `block`
+/// values, and the first `drawn` of each get a draw from `rng`, in order (kept: `1 / (1 - p)`,
+/// dropped: 0); the rest of each block gets 0 and no draw.
 fn host_mask(x: &Tensor, p: f64, rng: &mut Rng, (block, drawn): (usize, usize)) -> Result<Tensor> {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;

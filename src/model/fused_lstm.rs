@@ -320,6 +320,18 @@ impl<'a> Weights<'a> {
             hh_stride: d.h,
         })
     }
+
+    /// Runs `f` on the values of `W_ih` and `W_hh`, two tensors of their own, read in place.
+    fn with_parts<R>(
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        d: &Dims,
+        f: impl FnOnce(Weights) -> Result<R>,
+    ) -> Result<R> {
+        with_values(w_ih, |ih: &[f32]| {
+            with_values(w_hh, |hh: &[f32]| f(Weights::parts(ih, hh, d)?))
+        })
+    }
 }
 
 /// The forward pass's first operand, read in place.
@@ -361,19 +373,14 @@ impl FusedLstmOp {
         extra: &Tensor,
     ) -> Result<Tensor> {
         let d = self.part_dims(x, w_ih, w_hh, extra)?;
-        let out = with_values(w_ih, |ih: &[f32]| {
-            with_values(w_hh, |hh: &[f32]| {
-                with_values(extra, |extra: &[f32]| {
-                    let weights = Weights::parts(ih, hh, &d)?;
-                    match self.input_kind {
-                        LayerInput::Dense | LayerInput::Stacked => with_values(x, |x: &[f32]| {
-                            self.forward_values(d, InputValues::Vectors(x), weights, extra)
-                        }),
-                        LayerInput::Ids => with_values(x, |ids: &[u32]| {
-                            self.forward_values(d, InputValues::Ids(ids), weights, extra)
-                        }),
-                    }
-                })
+        let out = Weights::with_parts(w_ih, w_hh, &d, |weights| {
+            with_values(extra, |extra: &[f32]| match self.input_kind {
+                LayerInput::Dense | LayerInput::Stacked => with_values(x, |x: &[f32]| {
+                    self.forward_values(d, InputValues::Vectors(x), weights, extra)
+                }),
+                LayerInput::Ids => with_values(x, |ids: &[u32]| {
+                    self.forward_values(d, InputValues::Ids(ids), weights, extra)
+                }),
             })
         })?;
         Tensor::from_vec(out, (d.b, d.t + 1, d.h), x.device())
@@ -392,10 +399,8 @@ impl FusedLstmOp {
         let saved = take_saved(&self.saved, "fused LSTM")?;
         let device = x.device();
         let g = with_values(grad, |grad: &[f32]| {
-            with_values(w_ih, |ih: &[f32]| {
-                with_values(w_hh, |hh: &[f32]| {
-                    self.backward_of(d, saved, grad, Weights::parts(ih, hh, &d)?, x)
-                })
+            Weights::with_parts(w_ih, w_hh, &d, |weights| {
+                self.backward_of(d, saved, grad, weights, x)
             })
         })?;
         let four_h = 4 * d.h;

@@ -493,13 +493,9 @@ impl MomentBound {
     };
 
     fn of(m: &[f32], v: &[f32]) -> MomentBound {
-        let v_bits = v
-            .par_chunks(CHUNK)
-            .map(|chunk| chunk.iter().fold(0, |max: u32, v| max.max(v.to_bits())))
-            .reduce(|| 0, u32::max);
         MomentBound {
             m_max: max_abs(m),
-            v_sound: v_bits < INFINITY_BITS,
+            v_sound: max_bits(v, f32::to_bits) < INFINITY_BITS,
         }
     }
 }
@@ -526,11 +522,15 @@ fn finite_or_nan(abs_bits: u32) -> f32 {
 /// The largest |value|, NaN if any value is not finite: a maximum of bit patterns, which
 /// vectorises (a float maximum with a NaN test per value ran scalar).
 fn max_abs(values: &[f32]) -> f32 {
-    let bits = values
+    finite_or_nan(max_bits(values, abs_bits))
+}
+
+/// The largest `bits(value)`, 0 for no values, in parallel chunks.
+fn max_bits(values: &[f32], bits: impl Fn(f32) -> u32 + Sync) -> u32 {
+    values
         .par_chunks(CHUNK)
-        .map(|chunk| chunk.iter().fold(0, |max: u32, &v| max.max(abs_bits(v))))
-        .reduce(|| 0, u32::max);
-    finite_or_nan(bits)
+        .map(|chunk| chunk.iter().fold(0, |max, &v| max.max(bits(v))))
+        .reduce(|| 0, u32::max)
 }
 
 /// A pass over one parameter: whether every new weight is finite, and the new moments' bound.
@@ -810,16 +810,12 @@ mod tests {
     #[test]
     fn every_instruction_set_updates_with_the_same_bits() {
         let k = Constants {
-            beta1: 0.9,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 0.001,
             scale: 0.75,
             inv_correction1: 3.5,
             inv_correction2: 1.7,
-            eps: 1e-8,
             lr: 3e-3,
             decay: 0.99997,
+            ..constants_for_test()
         };
         let mut rng = crate::rng::Rng::new(4);
         let n = CHUNK + 37;

@@ -95,9 +95,7 @@ impl AttentionRun {
     fn forward(parts: &AttentionParts, h: &Tensor) -> Result<AttentionRun> {
         let h = h.contiguous()?;
         let qkv = WeightedRun::dense(&h, parts.qkv)?;
-        let band =
-            Arc::new(Box::new(BandAttentionOp::new(parts.heads, true))
-                as Box<dyn CustomOp2 + Send + Sync>);
+        let band: SharedOp2 = Arc::new(Box::new(BandAttentionOp::new(parts.heads, true)));
         let qkv_values = qkv.output().contiguous()?;
         let rel_bias = parts.rel_bias.contiguous()?;
         let context = qkv_values.apply_op2_arc(&rel_bias, band.clone())?;

@@ -18,6 +18,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Checks, before any work, that `path` may be written: a command's output is a new file unless
+/// the user passed `--overwrite`, and a folder is never replaced.
+pub fn check_output(path: &Path, overwrite: bool) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(format!(
+            "{} is a folder: give the name of a file to write",
+            path.display()
+        )),
+        Ok(_) if !overwrite => Err(format!(
+            "{} already exists: choose another name, or pass --overwrite to replace it",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `dir/.name.tmp-PID`: hidden, in the same directory (so the rename is atomic), unique per process.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
     let name = path

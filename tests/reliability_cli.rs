@@ -75,6 +75,82 @@ fn a_folder_that_is_not_a_checkpoint_is_refused_and_left_untouched() {
     );
 }
 
+/// Every command that writes a file the user names refuses one that exists, before doing any
+/// work, unless `--overwrite` says to replace it; a folder is never replaced.
+#[test]
+fn an_existing_output_file_is_kept_unless_overwrite_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine.mid");
+    std::fs::write(&mine, "a file of my own").unwrap();
+    let mine = mine.to_str().unwrap();
+    let piece = "assets/corpus/piano/fur-elise.mid";
+    let generate = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            "assets/models/lstm",
+            "--seconds",
+            "2",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    let commands: [Vec<String>; 4] = [
+        generate(mine, &[]),
+        ["convert", piece, mine].map(String::from).to_vec(),
+        ["render", piece, mine].map(String::from).to_vec(),
+        ["record", "--port", "0", "--seconds", "1", mine]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let message = failure_message(&args);
+        assert!(
+            message.contains("already exists") && message.contains("--overwrite"),
+            "{args:?}: {message}"
+        );
+        assert_eq!(std::fs::read_to_string(mine).unwrap(), "a file of my own");
+    }
+    // Several variations: the second name is taken, so not even the first is written.
+    let take = dir.path().join("take.mid");
+    let second = dir.path().join("take-2.mid");
+    std::fs::write(&second, "mine too").unwrap();
+    let message = failure_message(
+        &generate(take.to_str().unwrap(), &["--variations", "2"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(message.contains("take-2.mid"), "{message}");
+    assert!(!dir.path().join("take-1.mid").exists());
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), "mine too");
+    // A folder as the output, even with --overwrite.
+    let folder = dir.path().join("pieces");
+    std::fs::create_dir(&folder).unwrap();
+    let args = generate(folder.to_str().unwrap(), &["--overwrite"]);
+    let message = failure_message(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(message.contains("is a folder"), "{message}");
+    // Asked to, it replaces the file.
+    for args in [
+        generate(mine, &["--overwrite"]),
+        ["convert", piece, mine, "--overwrite"]
+            .map(String::from)
+            .to_vec(),
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(mine).unwrap();
+        assert!(bytes.starts_with(b"MThd"), "{args:?} wrote a MIDI file");
+    }
+}
+
 #[test]
 fn every_numeric_setting_is_range_checked_with_its_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,13 @@ fn soundfont(path: Option<&Path>) -> anyhow::Result<PianoSoundFont> {
     })
 }
 
-pub fn run_render(input: &Path, output: &Path, font: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn run_render(
+    input: &Path,
+    output: &Path,
+    font: Option<&Path>,
+    overwrite: bool,
+) -> anyhow::Result<ExitCode> {
+    crate::fsutil::check_output(output, overwrite).map_err(anyhow::Error::msg)?;
     let perf = read_midi(input)?;
     let font = soundfont(font)?;
     let started = Instant::now();
@@ -81,9 +87,15 @@ pub fn run_ports() -> anyhow::Result<ExitCode> {
 /// A recording longer than this is almost certainly a typo (and `inf` would panic the timer).
 const MAX_RECORD_SECONDS: f64 = 6.0 * 3600.0;
 
-pub fn run_record(port: &str, seconds: f64, output: &Path) -> anyhow::Result<ExitCode> {
+pub fn run_record(
+    port: &str,
+    seconds: f64,
+    output: &Path,
+    overwrite: bool,
+) -> anyhow::Result<ExitCode> {
     crate::bounds::check_positive("--seconds", seconds, MAX_RECORD_SECONDS)
         .map_err(anyhow::Error::msg)?;
+    crate::fsutil::check_output(output, overwrite).map_err(anyhow::Error::msg)?;
     eprintln!("recording from {port} for {seconds:.0} s ...");
     let perf = record(&MidirIn, &PortChoice::parse(port), seconds)?;
     write_midi(&perf, output)?;

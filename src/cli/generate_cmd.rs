@@ -96,6 +96,9 @@ pub struct GenerateArgs {
     /// Where to write the MIDI file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace the output files if they already exist.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 fn parse_key(text: &str) -> Result<Scale, String> {
@@ -173,6 +176,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    let paths: Vec<PathBuf> = (0..config.variations)
+        .map(|i| output_path(&args.out, i, config.variations))
+        .collect();
+    for path in &paths {
+        crate::fsutil::check_output(path, args.overwrite).map_err(anyhow::Error::msg)?;
+    }
     let device = args.device.open().map_err(anyhow::Error::msg)?;
     let (model, meta) = load_for_inference(&args.checkpoint, &device)?;
     eprintln!(
@@ -188,15 +197,14 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         &mut |_| {},
     )?;
     let events: usize = takes.iter().map(|t| t.events.len()).sum();
-    for (i, take) in takes.iter().enumerate() {
-        let path = output_path(&args.out, i, takes.len());
+    for (take, path) in takes.iter().zip(&paths) {
         let piece = match (&primer, args.keep_primer) {
             (Some(p), true) => splice(p, take),
             _ => take.performance.clone(),
         };
         match &export {
-            Some(options) => export_midi(&piece, &path, options)?,
-            None => write_midi(&piece, &path)?,
+            Some(options) => export_midi(&piece, path, options)?,
+            None => write_midi(&piece, path)?,
         }
         eprintln!(
             "{}: {} notes, {:.1} s{}",

@@ -48,6 +48,9 @@ pub enum Command {
         input: PathBuf,
         /// Where to write the result (format 1, one piano track).
         output: PathBuf,
+        /// Replace OUTPUT if it already exists.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Train a model on a folder of MIDI files, writing a checkpoint directory.
     Train(train_cmd::TrainArgs),
@@ -62,6 +65,9 @@ pub enum Command {
         /// An .sf2 file to play instead of the built-in piano.
         #[arg(long)]
         soundfont: Option<PathBuf>,
+        /// Replace OUTPUT if it already exists.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Play a MIDI file through the built-in synth, or on a MIDI output port.
     Play {
@@ -83,6 +89,9 @@ pub enum Command {
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
         output: PathBuf,
+        /// Replace OUTPUT if it already exists.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Statistics of a MIDI file or folder; with --compare, how a generated set differs from a corpus.
     Stats {
@@ -115,7 +124,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Some(Command::Corpus { dir, json }) => corpus_cmd::run(&dir, json),
-        Some(Command::Convert { input, output }) => convert(&input, &output),
+        Some(Command::Convert {
+            input,
+            output,
+            overwrite,
+        }) => convert(&input, &output, overwrite),
         Some(Command::Train(args)) => train_cmd::run(args),
         Some(Command::Generate(args)) => generate_cmd::run_generate(args),
         Some(Command::Eval(args)) => generate_cmd::run_eval(args),
@@ -123,7 +136,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             output,
             soundfont,
-        }) => audio_cmd::run_render(&input, &output, soundfont.as_deref()),
+            overwrite,
+        }) => audio_cmd::run_render(&input, &output, soundfont.as_deref(), overwrite),
         Some(Command::Play {
             input,
             port,
@@ -134,7 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             seconds,
             output,
-        }) => audio_cmd::run_record(&port, seconds, &output),
+            overwrite,
+        }) => audio_cmd::run_record(&port, seconds, &output, overwrite),
         Some(Command::Stats {
             path,
             compare,
@@ -150,7 +165,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn convert(input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn convert(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    overwrite: bool,
+) -> anyhow::Result<ExitCode> {
+    crate::fsutil::check_output(output, overwrite).map_err(anyhow::Error::msg)?;
     let perf = read_midi(input)?;
     let events = encode(&perf);
     let round_trip = decode(&events);

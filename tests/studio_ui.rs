@@ -301,6 +301,41 @@ fn a_file_dialog_that_cannot_open_offers_a_typed_path() {
 }
 
 #[test]
+fn a_typed_path_to_an_existing_file_is_replaced_only_when_confirmed() {
+    let dialogs = FakeDialogs::default();
+    let out = FakeOut::default();
+    let mut h = harness(studio(&dialogs, &out));
+    dialogs.answer(Path::new(PIECE));
+    h.key_press_modifiers(Modifiers::COMMAND, Key::O);
+    h.run();
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine.mid");
+    std::fs::write(&mine, "a file of my own").unwrap();
+    // No scripted answer: Save offers a typed path, and the name typed is taken.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.run();
+    h.get_by_role(egui::accesskit::Role::TextInput)
+        .type_text(mine.to_str().unwrap());
+    h.run();
+    h.get_by_label("OK").click();
+    h.run();
+    let question = format!("{} already exists. Replace it?", mine.display());
+    assert!(h.query_by_label(&question).is_some(), "asked first");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "a file of my own");
+    // Back to the field, keeping what was typed; asked again on OK.
+    h.get_by_label("Back").click();
+    h.run();
+    assert!(h.query_by_label(&question).is_none());
+    h.get_by_label("OK").click();
+    h.run();
+    h.get_by_label("Replace").click();
+    h.run();
+    let saved = read_midi(&mine).unwrap();
+    assert_eq!(saved.len(), read_midi(Path::new(PIECE)).unwrap().len());
+    assert!(h.query_by_label("Save MIDI file as").is_none(), "closed");
+}
+
+#[test]
 fn the_library_searches_and_a_double_click_opens() {
     let dialogs = FakeDialogs::default();
     let out = FakeOut::default();

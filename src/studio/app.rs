@@ -584,11 +584,7 @@ impl Studio {
         self.fail(
             "the system file dialog could not open (is xdg-desktop-portal running?): type a path instead",
         );
-        self.path_entry = Some(PathEntry {
-            purpose,
-            text: String::new(),
-            focused: false,
-        });
+        self.path_entry = Some(PathEntry::new(purpose));
     }
 
     /// Folders of recently opened files, for the typed-path window.

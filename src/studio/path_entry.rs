@@ -1,6 +1,7 @@
 //! A typed path where the system file dialog cannot open (no xdg-desktop-portal, as on a bare X
 //! server or some tiling window managers): rfd then returns at once with nothing, which looks
-//! exactly like a cancel, so the studio times the call and offers this instead.
+//! exactly like a cancel, so the studio times the call and offers this instead. A typed file to
+//! save or export to that exists already is replaced only once the user confirms it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,6 +28,11 @@ impl PathPurpose {
             PathPurpose::ExportWav => "Export WAV file as",
         }
     }
+
+    /// Whether the path is written to (an existing file is then replaced only when confirmed).
+    fn writes(self) -> bool {
+        self != PathPurpose::OpenMidi
+    }
 }
 
 pub struct PathEntry {
@@ -34,6 +40,19 @@ pub struct PathEntry {
     pub text: String,
     /// The field takes the keyboard once, when the window opens.
     pub focused: bool,
+    /// A typed file that exists, waiting for the user to confirm that it is to be replaced.
+    pub replacing: Option<PathBuf>,
+}
+
+impl PathEntry {
+    pub fn new(purpose: PathPurpose) -> Self {
+        PathEntry {
+            purpose,
+            text: String::new(),
+            focused: false,
+            replacing: None,
+        }
+    }
 }
 
 /// Runs a dialog, and says whether it answered nothing too fast to have been shown.
@@ -50,6 +69,21 @@ pub fn ui(ui: &Ui, entry: &mut PathEntry, recent_folders: &[PathBuf]) -> Option<
     let response = Modal::new(Id::unique("path-entry")).show(ui.ctx(), |ui| {
         ui.set_max_width(520.0);
         ui.heading(entry.purpose.verb());
+        if let Some(existing) = entry.replacing.clone() {
+            ui.label(format!(
+                "{} already exists. Replace it?",
+                existing.display()
+            ));
+            ui.horizontal(|ui| {
+                if ui.button("Replace").clicked() {
+                    answer = Some(Some(existing));
+                }
+                if ui.button("Back").clicked() {
+                    entry.replacing = None;
+                }
+            });
+            return;
+        }
         ui.label("The system file dialog could not open here: type a path.");
         let field = ui.add(
             egui::TextEdit::singleline(&mut entry.text)
@@ -74,7 +108,12 @@ pub fn ui(ui: &Ui, entry: &mut PathEntry, recent_folders: &[PathBuf]) -> Option<
         ui.horizontal(|ui| {
             let typed = !entry.text.trim().is_empty();
             if (ui.add_enabled(typed, egui::Button::new("OK")).clicked() || entered) && typed {
-                answer = Some(Some(PathBuf::from(entry.text.trim())));
+                let path = PathBuf::from(entry.text.trim());
+                if entry.purpose.writes() && path.is_file() {
+                    entry.replacing = Some(path);
+                } else {
+                    answer = Some(Some(path));
+                }
             }
             if ui.button("Cancel").clicked() {
                 answer = Some(None);
